@@ -1,0 +1,1 @@
+"""Speech-to-text engines. The pipeline sees only the interface in `base`."""

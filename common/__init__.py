@@ -1,0 +1,1 @@
+"""Code shared by the API, the agent and the database layer: settings and structured logging."""
