@@ -1,0 +1,198 @@
+"""Session fixtures for the real components: the LiveKit server, PostgreSQL and the API.
+
+`scripts/test.sh` installs and starts what these need (it builds the pinned LiveKit server and makes sure
+PostgreSQL answers at DATABASE_URL); these fixtures then start a LiveKit server of the test session's own
+on port 17880, create a fresh database, and run the API on port 18080.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import pytest
+from aiohttp import web
+from livekit import api as lkapi
+from pydantic import SecretStr
+
+from common.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test-artifacts"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+LIVEKIT_PORT = 17880
+API_PORT = 18080
+LIVEKIT_KEY, LIVEKIT_SECRET = "devkey", "secret"
+ADMIN_KEY = "test-admin-key"
+USER_JWT_SECRET = "test-user-secret"
+
+
+@dataclass
+class LiveKitServer:
+    """A `livekit-server --dev` process on loopback, owned by the test session."""
+
+    binary: Path
+    config: Path
+    log: Path
+    url: str = f"ws://127.0.0.1:{LIVEKIT_PORT}"
+    http_url: str = f"http://127.0.0.1:{LIVEKIT_PORT}"
+    api_key: str = LIVEKIT_KEY
+    api_secret: str = LIVEKIT_SECRET
+    process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                str(self.binary), "--dev", "--config", str(self.config), stdout=log, stderr=log
+            )
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                if self.process.returncode is not None:
+                    raise RuntimeError(
+                        f"livekit-server exited with {self.process.returncode}; see {self.log}"
+                    )
+                try:
+                    async with http.get(self.http_url) as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"livekit-server did not answer on {self.http_url}; see {self.log}")
+
+    async def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            await asyncio.wait_for(self.process.wait(), 10)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+        self.process = None
+
+    async def restart(self) -> None:
+        await self.stop()
+        await self.start()
+
+    def api(self) -> lkapi.LiveKitAPI:
+        return lkapi.LiveKitAPI(self.http_url, self.api_key, self.api_secret)
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
+def livekit_binary() -> Path:
+    default = ROOT / ".tools" / "livekit-server-v1.13.5" / "server"
+    binary = Path(os.environ.get("ROOMSCRIBE_LIVEKIT_SERVER", default))
+    if not binary.exists():
+        pytest.fail(f"no LiveKit server at {binary}: run the tests with scripts/test.sh, which builds it")
+    return binary
+
+
+@pytest.fixture(scope="session")
+async def livekit_server(livekit_binary: Path, artifacts: Path) -> AsyncIterator[LiveKitServer]:
+    config = artifacts / "livekit.yaml"
+    webhook = f"http://127.0.0.1:{API_PORT}/api/livekit/webhook"
+    writer = await asyncio.create_subprocess_exec(
+        "bash",
+        "-c",
+        f'source "{ROOT}/scripts/lib.sh" && write_livekit_config "$@"',
+        "_",
+        str(config),
+        str(LIVEKIT_PORT),
+        webhook,
+        env={**os.environ, "LIVEKIT_API_KEY": LIVEKIT_KEY, "LIVEKIT_API_SECRET": LIVEKIT_SECRET},
+    )
+    if await writer.wait() != 0:
+        pytest.fail("could not write the LiveKit server config")
+    server = LiveKitServer(binary=livekit_binary, config=config, log=artifacts / "livekit.log")
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def _with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{name}"))
+
+
+@pytest.fixture(scope="session")
+async def database_url() -> AsyncIterator[str]:
+    """A fresh, migrated database for this test session, dropped at its end."""
+    from db.migrate import migrate
+
+    base = os.environ.get("DATABASE_URL", "postgresql://roomscribe:roomscribe@127.0.0.1:5432/roomscribe")
+    name = f"roomscribe_test_{secrets.token_hex(4)}"
+    try:
+        admin = await asyncpg.connect(base)
+    except (OSError, asyncpg.PostgresError) as error:
+        pytest.fail(f"PostgreSQL does not answer at {base} ({error}): run the tests with scripts/test.sh")
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    url = _with_database(base, name)
+    await migrate(url)
+    yield url
+    admin = await asyncpg.connect(base)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, livekit_server: LiveKitServer) -> Settings:
+    return Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        livekit_url=livekit_server.url,
+        livekit_api_key=livekit_server.api_key,
+        livekit_api_secret=SecretStr(livekit_server.api_secret),
+        database_url=database_url,
+        api_host="127.0.0.1",
+        api_port=API_PORT,
+        roomscribe_api_key=SecretStr(ADMIN_KEY),
+        user_jwt_secret=SecretStr(USER_JWT_SECRET),
+        public_session_creation=False,
+    )
+
+
+@pytest.fixture(scope="session")
+async def api_url(settings: Settings) -> AsyncIterator[str]:
+    """The API, running in the test session's event loop."""
+    from api.app import create_app
+
+    runner = web.AppRunner(create_app(settings))
+    await runner.setup()
+    site = web.TCPSite(runner, settings.api_host, settings.api_port)
+    await site.start()
+    yield f"http://{settings.api_host}:{settings.api_port}"
+    await runner.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def admin_headers() -> dict[str, str]:
+    return {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Iterator[Path]:
+    yield FIXTURES
