@@ -24,6 +24,12 @@ class Settings(BaseSettings):
     # Agent name used for explicit dispatch: the API dispatches this agent to each room it creates.
     agent_name: str = "roomscribe-transcriber"
 
+    # Agent worker: health/status HTTP port (0 = any free port), the CPU load at which it takes no new
+    # rooms, and how long it waits for an engine's finals when a track ends or the worker stops.
+    agent_http_port: int = 8081
+    agent_load_threshold: float = 0.75
+    agent_flush_timeout: float = 5.0
+
     # Postgres
     database_url: str = "postgresql://roomscribe:roomscribe@127.0.0.1:5432/roomscribe"
 

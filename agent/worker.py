@@ -1,0 +1,96 @@
+"""The livekit-agents worker: one job per room, dispatched by agent name (see the API's room creation).
+
+The transcriber joins as a hidden participant that subscribes to audio and publishes data only. Exactly
+one transcriber serves a room: a job request is turned down when the room already has one, or when an
+older dispatch of this agent exists for the room (two requests racing each other agree on the oldest).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from livekit import api
+from livekit.agents import AgentServer, JobContext, JobRequest, WorkerPermissions
+
+from agent.room_transcriber import RoomTranscriber
+from common.settings import Settings, get_settings
+
+logger = logging.getLogger("roomscribe.worker")
+
+TRANSCRIBER_IDENTITY = "roomscribe-transcriber"
+TRANSCRIBER_NAME = "roomscribe"
+_USERDATA_KEY = "roomscribe.transcriber"
+
+
+def http_url(livekit_url: str) -> str:
+    """The server API's URL for a signalling URL (ws → http, wss → https)."""
+    if livekit_url.startswith("ws"):
+        return "http" + livekit_url[2:]
+    return livekit_url
+
+
+async def on_job_request(request: JobRequest) -> None:
+    settings = get_settings()
+    room = request.room.name
+    async with api.LiveKitAPI(
+        http_url(settings.livekit_url),
+        settings.livekit_api_key,
+        settings.livekit_api_secret.get_secret_value(),
+    ) as livekit:
+        participants = await livekit.room.list_participants(api.ListParticipantsRequest(room=room))
+        dispatches = await livekit.agent_dispatch.list_dispatch(room_name=room)
+    if any(participant.identity == TRANSCRIBER_IDENTITY for participant in participants.participants):
+        logger.info("job declined: room already has a transcriber", extra={"room": room, "job": request.id})
+        await request.reject()
+        return
+    ours = sorted(
+        (d for d in dispatches if d.agent_name == request.agent_name),
+        key=lambda d: (d.state.created_at, d.id),
+    )
+    if ours and request.job.dispatch_id and ours[0].id != request.job.dispatch_id:
+        logger.info(
+            "job declined: an older dispatch serves this room",
+            extra={"room": room, "job": request.id, "dispatch": request.job.dispatch_id, "kept": ours[0].id},
+        )
+        await request.reject()
+        return
+    await request.accept(identity=TRANSCRIBER_IDENTITY, name=TRANSCRIBER_NAME)
+    logger.info("job accepted", extra={"room": room, "job": request.id})
+
+
+async def entrypoint(ctx: JobContext) -> None:
+    transcriber = RoomTranscriber(ctx, get_settings())
+    ctx.proc.userdata[_USERDATA_KEY] = transcriber
+    await transcriber.start()
+
+
+async def on_session_end(ctx: JobContext) -> None:
+    """Runs on every job shutdown (worker stopping, room gone) while the room is still connected."""
+    transcriber = ctx.proc.userdata.pop(_USERDATA_KEY, None)
+    if isinstance(transcriber, RoomTranscriber):
+        await transcriber.drain()
+
+
+def build_server(settings: Settings) -> AgentServer:
+    server = AgentServer(
+        permissions=WorkerPermissions(
+            can_publish=False,
+            can_subscribe=True,
+            can_publish_data=True,
+            can_update_metadata=False,
+            hidden=True,
+        ),
+        ws_url=settings.livekit_url,
+        api_key=settings.livekit_api_key,
+        api_secret=settings.livekit_api_secret.get_secret_value(),
+        port=settings.agent_http_port,
+        load_threshold=settings.agent_load_threshold,
+        # On SIGTERM, stop taking rooms and shut jobs down at once (each flushes its open utterances);
+        # waiting for meetings to end could take hours.
+        drain_timeout=1,
+        shutdown_process_timeout=settings.agent_flush_timeout * 2 + 5,
+    )
+    server.rtc_session(
+        entrypoint, agent_name=settings.agent_name, on_request=on_job_request, on_session_end=on_session_end
+    )
+    return server
