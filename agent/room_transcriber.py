@@ -20,7 +20,7 @@ from agent.engines.base import SpeechEngine, StreamOptions
 from agent.engines.factory import create_engine
 from agent.publisher import RoomPublisher
 from agent.store import TranscriptStore
-from agent.track_pipeline import TrackPipeline
+from agent.track_pipeline import TrackPipeline, open_track_audio
 from agent.transcript import Speaker
 from common.settings import Settings
 
@@ -53,7 +53,8 @@ class RoomTranscriber:
         self._engine: SpeechEngine = create_engine(settings)
         self._publisher = RoomPublisher(ctx.room)
         self._store = TranscriptStore(settings.database_url, self._room_name)
-        self._pipelines: dict[str, TrackPipeline] = {}
+        # By track sid: the pipeline and the track object it reads (a new object after a reconnect).
+        self._pipelines: dict[str, tuple[rtc.Track, TrackPipeline]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._draining = False
 
@@ -81,7 +82,7 @@ class RoomTranscriber:
         """End every open utterance (bounded), publish and store the finals, then release everything."""
         self._draining = True
         flush_within = self._settings.agent_flush_timeout
-        pipelines = list(self._pipelines.values())
+        pipelines = [pipeline for _, pipeline in self._pipelines.values()]
         self._pipelines.clear()
         await asyncio.gather(*(pipeline.stop(flush_within) for pipeline in pipelines))
         for task in list(self._tasks):
@@ -110,7 +111,7 @@ class RoomTranscriber:
         if participant.kind == rtc.ParticipantKind.PARTICIPANT_KIND_AGENT:
             return
         self._store.participant_left(participant.identity, datetime.now(UTC))
-        for sid, pipeline in list(self._pipelines.items()):
+        for sid, (_, pipeline) in list(self._pipelines.items()):
             if pipeline.speaker.identity == participant.identity:
                 self._stop_pipeline(sid)
         logger.info("participant left", extra={**self._log, "participant": participant.identity})
@@ -122,7 +123,7 @@ class RoomTranscriber:
             return
         existing = self._pipelines.get(publication.sid)
         if existing is not None:
-            if existing.track is track:
+            if existing[0] is track:
                 return
             self._stop_pipeline(publication.sid)  # resubscribed after a reconnect: a new track object
         speaker = Speaker(
@@ -140,23 +141,23 @@ class RoomTranscriber:
         )
         pipeline = TrackPipeline(
             speaker=speaker,
-            track=track,
+            audio=open_track_audio(track),
             engine=self._engine,
             options=options,
             publisher=self._publisher,
             store=self._store,
         )
-        self._pipelines[publication.sid] = pipeline
+        self._pipelines[publication.sid] = (track, pipeline)
         pipeline.start()
 
     def _on_track_unsubscribed(
         self, track: rtc.Track, publication: rtc.RemoteTrackPublication, participant: rtc.RemoteParticipant
     ) -> None:
-        pipeline = self._pipelines.get(publication.sid)
-        if pipeline is not None and pipeline.track is track:
+        existing = self._pipelines.get(publication.sid)
+        if existing is not None and existing[0] is track:
             self._stop_pipeline(publication.sid)
 
     def _stop_pipeline(self, track_sid: str) -> None:
-        pipeline = self._pipelines.pop(track_sid, None)
-        if pipeline is not None:
-            self._spawn(pipeline.stop(self._settings.agent_flush_timeout), name=f"stop:{track_sid}")
+        existing = self._pipelines.pop(track_sid, None)
+        if existing is not None:
+            self._spawn(existing[1].stop(self._settings.agent_flush_timeout), name=f"stop:{track_sid}")

@@ -9,6 +9,8 @@ import asyncio
 import logging
 import secrets
 import time
+from collections.abc import AsyncIterator
+from typing import Protocol
 
 import numpy as np
 from livekit import rtc
@@ -25,6 +27,20 @@ logger = logging.getLogger("roomscribe.pipeline")
 SOURCE_RATE = 48_000
 #: Frames (10 ms each) the AudioStream may hold while the engine is busy: 5 s.
 AUDIO_QUEUE_FRAMES = 500
+
+
+class AudioFrames(Protocol):
+    """What the pipeline reads audio from: an `rtc.AudioStream`, or any source of frame events."""
+
+    def __aiter__(self) -> AsyncIterator[rtc.AudioFrameEvent]: ...
+
+    async def aclose(self) -> None: ...
+
+
+def open_track_audio(track: rtc.Track) -> rtc.AudioStream:
+    return rtc.AudioStream(track, sample_rate=SOURCE_RATE, num_channels=1, capacity=AUDIO_QUEUE_FRAMES)
+
+
 #: A push that waits this long means the engine is behind real time; say so.
 SLOW_PUSH_S = 1.0
 
@@ -34,14 +50,14 @@ class TrackPipeline:
         self,
         *,
         speaker: Speaker,
-        track: rtc.Track,
+        audio: AudioFrames,
         engine: SpeechEngine,
         options: StreamOptions,
         publisher: RoomPublisher,
         store: TranscriptStore,
     ) -> None:
         self.speaker = speaker
-        self.track = track
+        self._audio = audio
         self._publisher = publisher
         self._store = store
         self._timeline = AudioTimeline()
@@ -87,11 +103,8 @@ class TrackPipeline:
         logger.info("pipeline stopped", extra={**self._log, "audio_s": round(self._timeline.position, 2)})
 
     async def _pump_audio(self) -> None:
-        audio = rtc.AudioStream(
-            self.track, sample_rate=SOURCE_RATE, num_channels=1, capacity=AUDIO_QUEUE_FRAMES
-        )
         try:
-            async for event in audio:
+            async for event in self._audio:
                 frame = event.frame
                 samples = np.frombuffer(frame.data, dtype=np.int16)
                 self._timeline.advance(frame.samples_per_channel / frame.sample_rate, time.time())
@@ -108,7 +121,7 @@ class TrackPipeline:
         except EngineError:
             pass  # the events consumer logs it
         finally:
-            await audio.aclose()
+            await self._audio.aclose()
 
     def _resample(self, samples: np.ndarray, rate: int, channels: int) -> np.ndarray:
         if self._source_format != (rate, channels):
