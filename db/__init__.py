@@ -1,0 +1,1 @@
+"""PostgreSQL schema (versioned SQL migrations) and every query roomscribe runs (asyncpg, no ORM)."""
