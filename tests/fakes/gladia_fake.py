@@ -1157,6 +1157,8 @@ class GladiaFake:
                     )
                 elif frame_end >= utt.next_partial_at - 1e-9:
                     utt.next_partial_at += PARTIAL_EVERY_SECONDS
+                    if not session.messages_config["receive_partial_transcripts"]:
+                        continue
                     await self._transcript(
                         session, channel, vad, utt, frame_end, frame_end_byte, is_final=False
                     )
