@@ -556,3 +556,69 @@ async def test_real_speech_with_a_transcriber(http: aiohttp.ClientSession) -> No
         assert bytes(fake.sessions[created["id"]].received) == speech
     finally:
         await fake.stop()
+
+
+async def test_missed_messages_lost_or_replayed(http: aiohttp.ClientSession) -> None:
+    audio = tone(0.3) + silence(0.1)  # the final is triggered by the last frame
+    for replay in (False, True):
+        fake = GladiaFake(replay_missed_messages=replay)
+        await fake.start()
+        try:
+            created, ws = await open_session(http, fake)
+            fake.drop_after_bytes(None, len(audio))
+            seen: list[dict[str, Any]] = []
+            for chunk in chunks(audio):
+                await ws.send_bytes(chunk)
+            seen += await read_to_close(ws)
+            assert not of(seen, "transcript")
+            assert of(fake.sessions[created["id"]].messages, "transcript")
+            ws = await http.ws_connect(created["url"])
+            with contextlib.suppress(TimeoutError):
+                seen += await read_until(ws, "transcript", within=0.3)
+            assert len(of(seen, "transcript")) == (1 if replay else 0)
+            await ws.close(code=4000)
+        finally:
+            await fake.stop()
+
+
+async def test_resumable_seconds_idle_ends_session_and_takeover(http: aiohttp.ClientSession) -> None:
+    fake = GladiaFake(resumable_seconds=0.2, idle_timeout=0.3, idle_ends_session=True)
+    await fake.start()
+    try:
+        created, ws = await open_session(http, fake)
+        second = await http.ws_connect(created["url"])  # takes over; the first socket is cut
+        msg = await ws.receive(timeout=2)
+        assert msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR) and ws.close_code == 1006
+        await second.close(code=4000)
+        session = fake.sessions[created["id"]]
+        await fake.wait_until(lambda: session.ended)
+        assert session.end_reason == "not_resumed" and fake.open_sessions() == 0
+        created, ws = await open_session(http, fake)
+        await read_to_close(ws)
+        assert ws.close_code == 1001 and fake.sessions[created["id"]].end_reason == "idle"
+        assert fake.sessions[created["id"]].ended
+    finally:
+        await fake.stop()
+
+
+@pytest.mark.parametrize(
+    ("config", "loud", "quiet"),
+    [
+        ({"encoding": "wav/ulaw", "sample_rate": 8000}, b"\x80\x00", b"\xff\xff"),
+        ({"encoding": "wav/alaw", "sample_rate": 8000}, b"\xaa\x2a", b"\xd5\xd5"),
+        ({"bit_depth": 24, "sample_rate": 8000}, b"\x00\x00\x40\x00\x00\xc0", bytes(6)),
+        ({"bit_depth": 8, "sample_rate": 8000}, b"\xf0\x10", b"\x80\x80"),
+    ],
+)
+async def test_other_encodings_are_decoded(
+    fake: GladiaFake, http: aiohttp.ClientSession, config: dict[str, Any], loud: bytes, quiet: bytes
+) -> None:
+    samples_per_pair = 2
+    per_second = 8000 // samples_per_pair
+    audio = loud * int(per_second * 0.3) + quiet * int(per_second * 0.2)
+    _, ws = await open_session(http, fake, config)
+    seen = await send_and_ack(ws, audio)
+    await ws.close(code=4000)
+    (final,) = of(seen, "transcript")
+    assert (final["data"]["utterance"]["start"], final["data"]["utterance"]["end"]) == (0.0, 0.3)
+    assert of(seen, "audio_chunk")[-1]["data"]["time_range"][1] == 0.5

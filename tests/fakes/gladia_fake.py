@@ -69,7 +69,8 @@ UNCONFIRMED points and the choices made here (knob in brackets where a test may 
 * Standalone ``type:"error"`` messages are never sent.
 * Messages produced while no socket is open are lost for the client (they stay in ``FakeSession.messages``
   and in GET ``result.messages``) [``replay_missed_messages=True``: send them on the next connection].
-* Idle: no client message for ``idle_timeout`` s on an open socket -> close with ``idle_close_code``
+* Idle: no client message for ``idle_timeout`` s on an open socket (WebSocket pings do not count: pipecat
+  had to add empty-chunk keepalives) -> close with ``idle_close_code``
   (default 1001; ``None`` = cut without a close frame). The session survives [``idle_ends_session=True``:
   ends it first (finals, end_session), as the 3 h cap does].
 * 3 h cap (``max_session_seconds`` from the POST): the session ends like a stop without the stop ack
@@ -289,6 +290,7 @@ class FakeSession:
     connections: int = 0
     ended: bool = False
     end_reason: str | None = None
+    completed_at: str | None = None
     stopped: bool = False
     deleted: bool = False
     messages: list[dict[str, Any]] = field(default_factory=list)
@@ -469,8 +471,9 @@ class GladiaFake:
         """Drop the socket once, when the session's received total first reaches ``n_bytes``.
 
         ``None`` applies to every session, present and future (each dropped once). The frame that crosses
-        the mark is received and transcribed but NOT acked (so a buffering client resends it: a duplicate);
-        ``keep_last=False`` discards that frame instead (lost in flight).
+        the mark is received but NOT acked (so a buffering client resends it: a duplicate), and transcribed
+        only after the cut, so any message it triggers (e.g. a final) is missed by the client (see
+        ``replay_missed_messages``). ``keep_last=False`` discards that frame instead (lost in flight).
         """
         self._drop_rules[session_id] = _DropRule(n_bytes, how, code, keep_last)
 
@@ -691,7 +694,7 @@ class GladiaFake:
             "version": 2,
             "status": "done" if session.ended else "processing",
             "created_at": session.created_at,
-            "completed_at": None,
+            "completed_at": session.completed_at,
             "custom_metadata": session.config.get("custom_metadata"),
             "error_code": None,
             "kind": "live",
@@ -904,10 +907,10 @@ class GladiaFake:
         crossing = rule is not None and session.id not in rule.done_for and start + len(data) >= rule.n_bytes
         if crossing and rule is not None:
             rule.done_for.add(session.id)
-            if rule.keep_last:
+            await self._drop_connection(session, rule.how, rule.code)
+            if rule.keep_last:  # transcribed after the cut: what it triggers is missed by the client
                 session.received.extend(data)
                 await self._process_audio(session)
-            await self._drop_connection(session, rule.how, rule.code)
             return
         session.received.extend(data)
         await self._ack(session, start, len(session.received))
@@ -971,6 +974,7 @@ class GladiaFake:
         )
         await self._emit(session, {"type": "end_session"}, gate="receive_lifecycle_events")
         session.ended = True
+        session.completed_at = iso_now()
         conn = session.connection
         if notify and conn is not None and not conn.ws.closed:
             with contextlib.suppress(ConnectionError, RuntimeError, asyncio.TimeoutError):
