@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
+import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +25,8 @@ from livekit import api as lkapi
 from pydantic import SecretStr
 
 from common.settings import Settings
+from tests.fakes.gladia_fake import GladiaFake
+from tests.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
@@ -31,7 +35,13 @@ LIVEKIT_PORT = 17880
 API_PORT = 18080
 LIVEKIT_KEY, LIVEKIT_SECRET = "devkey", "secret"
 ADMIN_KEY = "test-admin-key"
+GLADIA_KEY = "test-gladia-key"
 USER_JWT_SECRET = "test-user-secret"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests that restart the LiveKit server last: every other test keeps a steady server."""
+    items.sort(key=lambda item: item.get_closest_marker("restarts_livekit") is not None)
 
 
 @dataclass
@@ -196,3 +206,140 @@ def admin_headers() -> dict[str, str]:
 @pytest.fixture(scope="session")
 def fixtures_dir() -> Iterator[Path]:
     yield FIXTURES
+
+
+@pytest.fixture(scope="session")
+async def gladia_fake() -> AsyncIterator[GladiaFake]:
+    fake = GladiaFake(api_key=GLADIA_KEY)
+    await fake.start()
+    yield fake
+    await fake.stop()
+
+
+@dataclass
+class AgentWorker:
+    """`python -m agent start` as a child process, as it runs in production."""
+
+    env: dict[str, str]
+    log: Path
+    process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        offset = self.log.stat().st_size if self.log.exists() else 0
+        with self.log.open("ab") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agent", "start", cwd=ROOT, env=self.env, stdout=log, stderr=log
+            )
+        for _ in range(600):
+            if self.process.returncode is not None:
+                raise RuntimeError(f"agent worker exited ({self.process.returncode}); see {self.log}")
+            with self.log.open("rb") as log:
+                log.seek(offset)
+                if b"registered worker" in log.read():
+                    return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"agent worker did not register; see {self.log}")
+
+    async def stop(self, sig: int = signal.SIGTERM, within: float = 60) -> int:
+        """Signal the worker and wait for it to exit; returns its exit code."""
+        if self.process is None:
+            return 0
+        self.process.send_signal(sig)
+        try:
+            code = await asyncio.wait_for(self.process.wait(), within)
+        except TimeoutError:
+            self.process.kill()
+            code = await self.process.wait()
+        self.process = None
+        return code
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def agent_env(settings: Settings, **overrides: str) -> dict[str, str]:
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("LIVEKIT_", "GLADIA_", "STT_", "AGENT_", "LOCAL_", "DATABASE_URL"))
+    }
+    env.update(
+        LIVEKIT_URL=settings.livekit_url,
+        LIVEKIT_API_KEY=settings.livekit_api_key,
+        LIVEKIT_API_SECRET=settings.livekit_api_secret.get_secret_value(),
+        DATABASE_URL=settings.database_url,
+        AGENT_NAME=settings.agent_name,
+        AGENT_HTTP_PORT="0",
+        AGENT_LOAD_THRESHOLD="1.0",
+        LOG_LEVEL="INFO",
+    )
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture(scope="session")
+async def database_proxy(database_url: str) -> AsyncIterator[TcpProxy]:
+    """The agent worker reaches Postgres through this proxy, so a test can make the database unreachable."""
+    parts = urlsplit(database_url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
+
+
+def _through_proxy(database_url: str, proxy: TcpProxy) -> str:
+    parts = urlsplit(database_url)
+    credentials = parts.netloc.rpartition("@")[0]
+    return urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{proxy.port}"))
+
+
+@pytest.fixture(scope="session")
+async def agent_worker(
+    settings: Settings, gladia_fake: GladiaFake, database_proxy: TcpProxy, api_url: str, artifacts: Path
+) -> AsyncIterator[AgentWorker]:
+    """The transcription worker, on the Gladia fake, serving every room the test API creates."""
+    env = agent_env(
+        settings,
+        STT_ENGINE="gladia",
+        GLADIA_API_KEY=GLADIA_KEY,
+        GLADIA_API_URL=gladia_fake.base_url,
+        DATABASE_URL=_through_proxy(settings.database_url, database_proxy),
+    )
+    worker = AgentWorker(env=env, log=artifacts / "agent-worker.log")
+    await worker.start()
+    yield worker
+    await worker.stop()
+
+
+LOCAL_AGENT_NAME = "roomscribe-local"
+LOCAL_API_PORT = 18090
+
+
+@pytest.fixture(scope="session")
+async def local_api_url(settings: Settings) -> AsyncIterator[str]:
+    """A second API on the same LiveKit server and database, whose rooms go to the offline-engine worker.
+
+    Rooms are dispatched by agent name, so the two workers of the test session never share a room.
+    """
+    from api.app import create_app
+
+    local_settings = settings.model_copy(
+        update={"agent_name": LOCAL_AGENT_NAME, "api_port": LOCAL_API_PORT, "public_session_creation": True}
+    )
+    runner = web.AppRunner(create_app(local_settings))
+    await runner.setup()
+    await web.TCPSite(runner, local_settings.api_host, LOCAL_API_PORT).start()
+    yield f"http://{local_settings.api_host}:{LOCAL_API_PORT}"
+    await runner.cleanup()
+
+
+@pytest.fixture(scope="session")
+async def local_agent_worker(
+    settings: Settings, local_api_url: str, artifacts: Path
+) -> AsyncIterator[AgentWorker]:
+    """The transcription worker on the offline engine (PocketSphinx), as with no Gladia key."""
+    env = agent_env(settings, STT_ENGINE="local", AGENT_NAME=LOCAL_AGENT_NAME)
+    worker = AgentWorker(env=env, log=artifacts / "agent-worker-local.log")
+    await worker.start()
+    yield worker
+    await worker.stop()

@@ -1,0 +1,145 @@
+"""End to end on the real LiveKit server, Postgres, the API, the agent worker and the Gladia fake."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import Counter
+
+import aiohttp
+import asyncpg
+import numpy as np
+from livekit import api as lkapi
+from scipy.signal import resample_poly
+
+from tests.conftest import AgentWorker, LiveKitServer
+from tests.fakes.gladia_fake import GladiaFake
+from tests.livekit_helpers import join, publish_speech, read_wav, unpublish_all
+
+SPEECH_SECONDS = 12.0
+
+
+def _fake_sessions_for(fake: GladiaFake, room: str, track_sid: str) -> list[bytes]:
+    return [
+        bytes(session.received)
+        for session in fake.sessions.values()
+        if session.config.get("custom_metadata", {}).get("room") == room
+        and session.config.get("custom_metadata", {}).get("track") == track_sid
+    ]
+
+
+def _best_correlation(received: np.ndarray, reference: np.ndarray) -> float:
+    """Peak normalised cross-correlation over lags of up to 0.5 s (the pipeline adds a small delay)."""
+    n = min(len(received), len(reference))
+    a = received[:n].astype(np.float64)
+    b = reference[:n].astype(np.float64)
+    best = 0.0
+    for lag in range(0, 8000, 16):
+        x, y = a[lag:], b[: n - lag]
+        denominator = np.linalg.norm(x) * np.linalg.norm(y)
+        if denominator:
+            best = max(best, float(np.dot(x, y) / denominator))
+    return best
+
+
+async def _create_session(
+    http: aiohttp.ClientSession, api_url: str, headers: dict[str, str], title: str
+) -> str:
+    async with http.post(f"{api_url}/api/sessions", json={"title": title}, headers=headers) as response:
+        assert response.status == 201, await response.text()
+        return str((await response.json())["slug"])
+
+
+async def test_two_speakers_are_captioned_live_stored_once_and_exported_in_order(
+    http: aiohttp.ClientSession,
+    api_url: str,
+    admin_headers: dict[str, str],
+    agent_worker: AgentWorker,
+    gladia_fake: GladiaFake,
+    livekit_server: LiveKitServer,
+    database_url: str,
+) -> None:
+    slug = await _create_session(http, api_url, admin_headers, "Two speakers")
+    alice = await join(http, api_url, slug, "Alice", listen=False)
+    bob = await join(http, api_url, slug, "Bob", listen=False)
+    carol = await join(http, api_url, slug, "Carol")
+    await carol.wait_for(
+        lambda: {alice.identity, bob.identity} <= set(carol.room.remote_participants), 10, "both speakers"
+    )
+    two_cities, two_cities_rate = read_wav("two_cities_48k.wav")
+    endgame, endgame_rate = read_wav("endgame_dialogue_24k.wav")
+    two_cities = two_cities[: int(SPEECH_SECONDS * two_cities_rate)]
+    endgame = endgame[: int(SPEECH_SECONDS * endgame_rate)]
+
+    alice_sid, bob_sid = await asyncio.gather(
+        publish_speech(alice, two_cities, two_cities_rate), publish_speech(bob, endgame, endgame_rate)
+    )
+    await asyncio.gather(unpublish_all(alice), unpublish_all(bob))  # ends each track: the agent flushes
+    for speaker in (alice, bob):
+        await carol.wait_for(
+            lambda s=speaker: (
+                bool(carol.finals("data", s.identity)) and bool(carol.finals("stream", s.identity))
+            ),
+            20,
+            f"finals of {speaker.identity}",
+        )
+    await asyncio.sleep(1.0)  # the last finals of both tracks
+
+    # Captions: partials and finals of both speakers, on both channels, attributed to the right identity.
+    for speaker, sid in ((alice, alice_sid), (bob, bob_sid)):
+        for channel in ("data", "stream"):
+            finals = carol.finals(channel, speaker.identity)
+            assert finals and carol.partials(channel, speaker.identity), (channel, speaker.identity)
+            assert {c.track_sid for c in finals} == {sid}
+        assert {c.sender for c in carol.finals("stream", speaker.identity)} == {speaker.identity}
+    data_finals = [c.segment_id for c in carol.finals("data")]
+    assert len(data_finals) == len(set(data_finals)), "a final was published twice"
+
+    # The transcriber is hidden: the listener never sees it.
+    assert set(carol.room.remote_participants) == {alice.identity, bob.identity}
+
+    # The audio path: what the engine received per track is what was published, resampled.
+    for sid, samples, rate in ((alice_sid, two_cities, two_cities_rate), (bob_sid, endgame, endgame_rate)):
+        received = b"".join(_fake_sessions_for(gladia_fake, slug, sid))
+        received_seconds = len(received) / 32000
+        assert abs(received_seconds - SPEECH_SECONDS) <= 0.02 * SPEECH_SECONDS, (sid, received_seconds)
+        reference = resample_poly(samples.astype(np.float64), 16000, rate)
+        correlation = _best_correlation(np.frombuffer(received, dtype=np.int16), reference)
+        assert correlation > 0.9, (sid, correlation)
+
+    # Postgres: every final once.
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            """SELECT s.segment_key, p.identity FROM transcript_segments s
+               JOIN participants p ON p.id = s.participant_id
+               JOIN sessions ses ON ses.id = s.session_id WHERE ses.slug = $1""",
+            slug,
+        )
+    finally:
+        await connection.close()
+    keys = Counter(row["segment_key"] for row in rows)
+    assert keys and max(keys.values()) == 1
+    assert set(keys) == set(data_finals)
+    assert {row["identity"] for row in rows} == {alice.identity, bob.identity}
+
+    # The export interleaves the two speakers in spoken order.
+    async with http.get(f"{api_url}/api/sessions/{slug}/transcript", params={"format": "json"}) as response:
+        assert response.status == 200
+        transcript = await response.json()
+    segments = transcript["segments"]
+    starts = [segment["start"] for segment in segments]
+    assert starts == sorted(starts)
+    speakers = [segment["speaker"]["identity"] for segment in segments]
+    assert set(speakers) == {alice.identity, bob.identity}
+    switches = sum(1 for a, b in itertools.pairwise(speakers) if a != b)
+    assert switches >= 2, speakers
+
+    # The listener saw no agent, and the server has exactly one transcriber in the room.
+    async with livekit_server.api() as livekit:
+        participants = await livekit.room.list_participants(lkapi.ListParticipantsRequest(room=slug))
+    assert [p.identity for p in participants.participants if p.identity.startswith("roomscribe")] == [
+        "roomscribe-transcriber"
+    ]
+    for participant in (alice, bob, carol):
+        await participant.leave()

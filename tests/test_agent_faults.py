@@ -1,0 +1,153 @@
+"""The agent under faults, end to end on the real LiveKit server, Postgres, the API and the Gladia fake."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+import aiohttp
+import asyncpg
+from livekit import api as lkapi
+
+from agent.worker import TRANSCRIBER_IDENTITY
+from tests.conftest import AgentWorker, LiveKitServer
+from tests.livekit_helpers import Participant, join, publish_speech, read_wav, unpublish_all
+from tests.tcp_proxy import TcpProxy
+
+
+async def _create_session(
+    http: aiohttp.ClientSession, api_url: str, headers: dict[str, str], title: str
+) -> str:
+    async with http.post(f"{api_url}/api/sessions", json={"title": title}, headers=headers) as response:
+        assert response.status == 201, await response.text()
+        return str((await response.json())["slug"])
+
+
+async def _stored_segments(database_url: str, slug: str) -> Counter[str]:
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            """SELECT s.segment_key FROM transcript_segments s
+               JOIN sessions ses ON ses.id = s.session_id WHERE ses.slug = $1""",
+            slug,
+        )
+    finally:
+        await connection.close()
+    return Counter(row["segment_key"] for row in rows)
+
+
+async def _speaker_and_listener(
+    http: aiohttp.ClientSession, api_url: str, slug: str
+) -> tuple[Participant, Participant]:
+    speaker = await join(http, api_url, slug, "Speaker", listen=False)
+    listener = await join(http, api_url, slug, "Listener")
+    await listener.wait_for(lambda: speaker.identity in listener.room.remote_participants, 10, "the speaker")
+    return speaker, listener
+
+
+async def test_captions_continue_while_the_database_is_unreachable_and_every_final_is_stored_once(
+    http: aiohttp.ClientSession,
+    api_url: str,
+    admin_headers: dict[str, str],
+    agent_worker: AgentWorker,
+    database_proxy: TcpProxy,
+    database_url: str,
+) -> None:
+    slug = await _create_session(http, api_url, admin_headers, "Database outage")
+    speaker, listener = await _speaker_and_listener(http, api_url, slug)
+    samples, rate = read_wav("two_cities_48k.wav")
+    database_proxy.cut()
+    speaking = asyncio.create_task(publish_speech(speaker, samples[: 24 * rate], rate))
+    await asyncio.sleep(20)
+    finals_during_outage = len(listener.finals("data", speaker.identity))
+    database_proxy.restore()
+    await speaking
+    await unpublish_all(speaker)
+    await listener.wait_for(
+        lambda: len(listener.finals("data", speaker.identity)) > finals_during_outage, 15, "the last finals"
+    )
+    await asyncio.sleep(1)
+    published = [caption.segment_id for caption in listener.finals("data", speaker.identity)]
+
+    assert finals_during_outage >= 3, "captions stopped while the database was unreachable"
+    stored: Counter[str] = Counter()
+    for _ in range(100):
+        stored = await _stored_segments(database_url, slug)
+        if set(stored) >= set(published):
+            break
+        await asyncio.sleep(0.2)
+    assert set(stored) == set(published)
+    assert max(stored.values()) == 1
+    assert "database unreachable, holding transcript rows" in agent_worker.log_text()
+    assert "database reachable again" in agent_worker.log_text()
+    await speaker.leave()
+    await listener.leave()
+
+
+async def test_a_room_dispatched_twice_gets_exactly_one_hidden_transcriber(
+    http: aiohttp.ClientSession,
+    api_url: str,
+    admin_headers: dict[str, str],
+    agent_worker: AgentWorker,
+    livekit_server: LiveKitServer,
+) -> None:
+    slug = await _create_session(http, api_url, admin_headers, "Dispatched twice")
+    async with livekit_server.api() as livekit:
+        await livekit.agent_dispatch.create_dispatch(
+            lkapi.CreateAgentDispatchRequest(agent_name="roomscribe-transcriber", room=slug)
+        )
+        dispatches = await livekit.agent_dispatch.list_dispatch(room_name=slug)
+        assert len(dispatches) == 2
+        transcribers: list[str] = []
+        for _ in range(50):
+            participants = await livekit.room.list_participants(lkapi.ListParticipantsRequest(room=slug))
+            transcribers = [
+                p.identity for p in participants.participants if p.identity == TRANSCRIBER_IDENTITY
+            ]
+            if transcribers and "job declined" in agent_worker.log_text():
+                break
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(2)  # a second transcriber, if any, would have joined by now
+        participants = await livekit.room.list_participants(lkapi.ListParticipantsRequest(room=slug))
+    transcribers = [p.identity for p in participants.participants if p.identity.startswith("roomscribe")]
+    assert transcribers == [TRANSCRIBER_IDENTITY]
+    assert "job declined" in agent_worker.log_text()
+    # Hidden: a participant who joins does not see it.
+    listener = await join(http, api_url, slug, "Listener")
+    await asyncio.sleep(1)
+    assert TRANSCRIBER_IDENTITY not in listener.room.remote_participants
+    await listener.leave()
+
+
+async def test_sigterm_mid_sentence_publishes_and_stores_that_utterance_before_exit(
+    http: aiohttp.ClientSession,
+    api_url: str,
+    admin_headers: dict[str, str],
+    agent_worker: AgentWorker,
+    database_url: str,
+) -> None:
+    slug = await _create_session(http, api_url, admin_headers, "Deploy mid-sentence")
+    speaker, listener = await _speaker_and_listener(http, api_url, slug)
+    samples, rate = read_wav("two_cities_48k.wav")
+    speaking = asyncio.create_task(publish_speech(speaker, samples[: 20 * rate], rate))
+    try:
+        # Mid-sentence: a partial of an utterance that has no final yet.
+        def open_utterance() -> str | None:
+            finals = {c.segment_id for c in listener.finals("data", speaker.identity)}
+            partials = [c for c in listener.partials("data", speaker.identity) if c.segment_id not in finals]
+            return partials[-1].segment_id if partials and listener.finals("data") else None
+
+        await listener.wait_for(lambda: open_utterance() is not None, 20, "an utterance in progress")
+        in_progress = open_utterance()
+        exit_code = await agent_worker.stop()
+        assert exit_code == 0, agent_worker.log_text()[-3000:]
+        assert in_progress in {c.segment_id for c in listener.finals("data", speaker.identity)}
+        assert in_progress in {c.segment_id for c in listener.finals("stream", speaker.identity)}
+        stored = await _stored_segments(database_url, slug)
+        assert stored[in_progress] == 1
+    finally:
+        speaking.cancel()
+        await asyncio.gather(speaking, return_exceptions=True)
+        await speaker.leave()
+        await listener.leave()
+        await agent_worker.start()

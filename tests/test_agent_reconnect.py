@@ -1,0 +1,64 @@
+"""The LiveKit server restarts mid-meeting: every client reconnects, and captions resume for every track
+in the same job (the old relay design lost transcription on every LiveKit reconnect)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+
+from tests.conftest import AgentWorker, LiveKitServer
+from tests.livekit_helpers import join, publish_speech, read_wav
+
+
+@pytest.mark.restarts_livekit
+async def test_captions_resume_for_every_track_after_the_livekit_server_restarts(
+    http: aiohttp.ClientSession,
+    api_url: str,
+    admin_headers: dict[str, str],
+    agent_worker: AgentWorker,
+    livekit_server: LiveKitServer,
+) -> None:
+    async with http.post(
+        f"{api_url}/api/sessions", json={"title": "Reconnect"}, headers=admin_headers
+    ) as response:
+        assert response.status == 201, await response.text()
+        slug = (await response.json())["slug"]
+    alice = await join(http, api_url, slug, "Alice", listen=False)
+    bob = await join(http, api_url, slug, "Bob", listen=False)
+    listener = await join(http, api_url, slug, "Listener")
+    await listener.wait_for(
+        lambda: {alice.identity, bob.identity} <= set(listener.room.remote_participants), 10, "the speakers"
+    )
+    two_cities, rate_a = read_wav("two_cities_48k.wav")
+    endgame, rate_b = read_wav("endgame_dialogue_24k.wav")
+    speaking = [
+        asyncio.create_task(publish_speech(alice, two_cities[: 28 * rate_a], rate_a)),
+        asyncio.create_task(publish_speech(bob, endgame[: 28 * rate_b], rate_b)),
+    ]
+    try:
+        for speaker in (alice, bob):
+            await listener.wait_for(
+                lambda s=speaker: bool(listener.finals("data", s.identity)),
+                15,
+                f"first finals of {speaker.identity}",
+            )
+        before = {s.identity: len(listener.finals("data", s.identity)) for s in (alice, bob)}
+        jobs_before = agent_worker.log_text().count("job accepted")
+        await livekit_server.restart()
+        for speaker in (alice, bob):
+            await listener.wait_for(
+                lambda s=speaker: len(listener.finals("data", s.identity)) > before[s.identity] + 1,
+                30,
+                f"captions of {speaker.identity} after the restart",
+            )
+        log = agent_worker.log_text()
+        assert log.count("job accepted") == jobs_before, "the job was restarted instead of reconnecting"
+        assert "reconnected to LiveKit" in log
+    finally:
+        for task in speaking:
+            task.cancel()
+        await asyncio.gather(*speaking, return_exceptions=True)
+        for participant in (alice, bob, listener):
+            await participant.leave()
