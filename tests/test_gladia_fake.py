@@ -622,3 +622,26 @@ async def test_other_encodings_are_decoded(
     (final,) = of(seen, "transcript")
     assert (final["data"]["utterance"]["start"], final["data"]["utterance"]["end"]) == (0.0, 0.3)
     assert of(seen, "audio_chunk")[-1]["data"]["time_range"][1] == 0.5
+
+
+async def test_stop_is_prompt_with_open_sockets_stalls_and_post_processing(
+    http: aiohttp.ClientSession,
+) -> None:
+    fake = GladiaFake(post_processing_delay=30)
+    await fake.start()
+    _, stalled = await open_session(http, fake)
+    created, stopping = await open_session(http, fake)
+    _, idle = await open_session(http, fake)
+    fake.stall(None, True)
+    await stalled.send_bytes(silence(0.1))
+    fake.stall(None, False)
+    fake.stall(next(iter(fake.sessions)), True)
+    await stopping.send_str(json.dumps({"type": "stop_recording"}))
+    await read_until(stopping, "stop_recording")  # post-processing now waits 30 s
+    started = asyncio.get_running_loop().time()
+    await fake.stop()
+    assert asyncio.get_running_loop().time() - started < 2
+    for ws in (stalled, stopping, idle):
+        await read_to_close(ws)
+        assert ws.closed
+    assert not fake.sessions[created["id"]].ended

@@ -404,18 +404,20 @@ class GladiaFake:
         self._spawn(self._janitor())
 
     async def stop(self) -> None:
+        """Cut every socket, cancel and await every task of ours, then close the server."""
         self._stopping = True
         for session in self.sessions.values():
             if session.connection is not None:
                 self._cut(session.connection)
-        tasks = [*self._tasks, *self._handlers]
         if self._handlers:
             await asyncio.wait(self._handlers, timeout=1.0)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        while self._tasks or self._handlers:
+            pending = [*self._tasks, *self._handlers]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            self._tasks.difference_update(pending)
+            self._handlers.difference_update(pending)
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -1179,7 +1181,7 @@ class GladiaFake:
 
     async def _janitor(self) -> None:
         """Idle timeouts, the session-length cap and resumability expiry."""
-        while True:
+        while not self._stopping:
             await asyncio.sleep(0.02)
             now = time.monotonic()
             for session in list(self.sessions.values()):
