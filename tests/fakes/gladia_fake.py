@@ -34,9 +34,9 @@ What it does (per the reference):
   spread evenly over [start, end]. ``transcriber(pcm_bytes) -> str`` overrides the text: it gets the
   utterance's slice of the session audio exactly as received (all channels interleaved; for partials, the
   slice up to now). A transcriber returning blank text produces no ``transcript`` message for that utterance
-  (speech events still go out). Times are on the session audio clock (bytes received / bytes per second) and
-  so continue across reconnects. Partials (``is_final:false``, same ``data.id`` as the final) go out each
-  0.5 s of utterance.
+  (speech events still go out; the id is not used up); it runs in the event loop, so keep it fast. Times are
+  on the session audio clock (bytes received / bytes per second) and so continue across reconnects. Partials
+  (``is_final:false``, same ``data.id`` as the final) go out each 0.5 s of utterance.
 * Stop: ``{"type":"stop_recording"}`` -> stop ack (``recording_duration``, ``recording_left_to_process`` =
   the audio of still-open utterances), the remaining finals (an open utterance closes at the end of its last
   voiced frame), ``end_recording``, then after ``post_processing_delay`` s: ``post_transcript``,
@@ -70,9 +70,9 @@ UNCONFIRMED points and the choices made here (knob in brackets where a test may 
 * Messages produced while no socket is open are lost for the client (they stay in ``FakeSession.messages``
   and in GET ``result.messages``) [``replay_missed_messages=True``: send them on the next connection].
 * Idle: no client message for ``idle_timeout`` s on an open socket (WebSocket pings do not count: pipecat
-  had to add empty-chunk keepalives) -> close with ``idle_close_code``
-  (default 1001; ``None`` = cut without a close frame). The session survives [``idle_ends_session=True``:
-  ends it first (finals, end_session), as the 3 h cap does].
+  had to add empty-chunk keepalives) -> close with ``idle_close_code`` (default 1001; ``None`` = cut without
+  a close frame). The session survives [``idle_ends_session=True``: ends it first (finals, end_session), as
+  the 3 h cap does].
 * 3 h cap (``max_session_seconds`` from the POST): the session ends like a stop without the stop ack
   (finals, ``end_recording``, post-processing, ``end_session``), then close 1000.
 * A client close with 1001 (or any code but 1000) does not end the session.
@@ -1064,10 +1064,11 @@ class GladiaFake:
         end: float,
         end_byte: int,
         is_final: bool,
-    ) -> None:
+    ) -> bool:
+        """Emit one partial or final; False (nothing sent) if the text is blank."""
         text = self._text_for(session, vad, utt.start_byte, end_byte, utt.start, end)
         if not text:
-            return
+            return False
         tokens = text.split()
         step = (end - utt.start) / len(tokens)
         words = [
@@ -1100,6 +1101,7 @@ class GladiaFake:
             session.finals.append(await self._emit(session, message, gate="receive_final_transcripts"))
         else:
             await self._emit(session, message, gate="receive_partial_transcripts")
+        return True
 
     async def _close_utterance(
         self, session: FakeSession, channel: int, vad: _ChannelVad, end: float, end_byte: int
@@ -1112,8 +1114,8 @@ class GladiaFake:
             {"type": "speech_end", "data": {"time": round(end, 3), "channel": channel}},
             gate="receive_speech_events",
         )
-        await self._transcript(session, channel, vad, utt, end, end_byte, is_final=True)
-        vad.counter += 1
+        if await self._transcript(session, channel, vad, utt, end, end_byte, is_final=True):
+            vad.counter += 1  # a blank utterance uses no id
 
     async def _process_audio(self, session: FakeSession, *, flush: bool = False) -> None:
         """Run the VAD over every whole 20 ms frame received since last time (and the tail if ``flush``)."""
