@@ -645,3 +645,31 @@ async def test_stop_is_prompt_with_open_sockets_stalls_and_post_processing(
         await read_to_close(ws)
         assert ws.closed
     assert not fake.sessions[created["id"]].ended
+
+
+async def test_messages_config_flags_gate_the_socket(http: aiohttp.ClientSession) -> None:
+    fake = GladiaFake(send_start_session=True, ack_empty_chunks=True)
+    await fake.start()
+    try:
+        flags = {
+            "receive_acknowledgments": False,
+            "receive_speech_events": False,
+            "receive_final_transcripts": False,
+            "receive_lifecycle_events": True,
+        }
+        _, ws = await open_session(http, fake, {"messages_config": flags})
+        for chunk in chunks(tone(0.3) + silence(0.2)):
+            await ws.send_bytes(chunk)
+        await ws.send_str(json.dumps({"type": "stop_recording"}))
+        types = [m["type"] for m in await read_to_close(ws)]
+        assert types == [
+            "start_session", "start_recording", "end_recording",
+            "post_transcript", "post_final_transcript", "end_session",
+        ]  # fmt: skip
+        _, ws = await open_session(http, fake)
+        await ws.send_str(json.dumps({"type": "audio_chunk", "data": {"chunk": ""}}))
+        ack = await recv(ws)  # this fake was told to ack keepalives: an empty range
+        assert ack["data"]["byte_range"] == [0, 0] and ack["acknowledged"] is True
+        await ws.close(code=4000)
+    finally:
+        await fake.stop()
