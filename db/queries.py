@@ -220,6 +220,62 @@ async def upsert_participant(
     return _participant(record)
 
 
+@dataclass(frozen=True, slots=True)
+class JoinGrant:
+    """The outcome of asking to join a session: `session` is None when there is no such session;
+    `participant` is None when the session refused (ended, or guests not allowed for a guest)."""
+
+    session: SessionRow | None
+    participant: ParticipantRow | None
+
+
+_JOIN = f"""
+WITH s AS (
+    SELECT {_SESSION_COLUMNS} FROM sessions WHERE slug = $1
+), p AS (
+    INSERT INTO participants (session_id, identity, display_name, role, user_id)
+    SELECT s.id, $2, $3, $4, $5 FROM s
+    WHERE s.status = 'active' AND ($4 = 'host' OR s.allow_guests OR $6)
+    ON CONFLICT (session_id, identity) DO UPDATE SET display_name = EXCLUDED.display_name,
+        role = EXCLUDED.role, user_id = COALESCE(EXCLUDED.user_id, participants.user_id)
+    RETURNING id AS p_id, session_id AS p_session_id, identity AS p_identity,
+        display_name AS p_display_name, role AS p_role, user_id AS p_user_id,
+        joined_at AS p_joined_at, left_at AS p_left_at
+)
+SELECT s.*, p.* FROM s LEFT JOIN p ON true
+"""
+
+
+async def join_session(
+    db: Db,
+    *,
+    slug: str,
+    identity: str,
+    display_name: str,
+    role: Role,
+    user_id: str | None,
+    bypass_guest_check: bool = False,
+) -> JoinGrant:
+    """In one round trip: look the session up and, if it is active and admits this role, create (or
+    update) the participant a token is being issued for, before they connect."""
+    record = await db.fetchrow(_JOIN, slug, identity, display_name, role, user_id, bypass_guest_check)
+    if record is None:
+        return JoinGrant(session=None, participant=None)
+    participant = None
+    if record["p_id"] is not None:
+        participant = ParticipantRow(
+            id=record["p_id"],
+            session_id=record["p_session_id"],
+            identity=record["p_identity"],
+            display_name=record["p_display_name"],
+            role=record["p_role"],
+            user_id=record["p_user_id"],
+            joined_at=record["p_joined_at"],
+            left_at=record["p_left_at"],
+        )
+    return JoinGrant(session=_session(record), participant=participant)
+
+
 async def ensure_participant(
     db: Db, *, room: str, identity: str, display_name: str | None, joined_at: datetime | None
 ) -> bool:

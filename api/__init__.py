@@ -1,0 +1,1 @@
+"""The roomscribe HTTP API (aiohttp): sessions, tokens, participants, transcripts, LiveKit webhooks."""
