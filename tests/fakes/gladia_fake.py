@@ -84,6 +84,22 @@ UNCONFIRMED points and the choices made here (knob in brackets where a test may 
 * Speech events bracket each utterance: ``speech_end`` (at the utterance end) comes just before its final,
   also when ``maximum_duration_without_endpointing`` cuts it; a new ``speech_start`` opens the next one.
 * Multi-channel: each channel has its own VAD and ids; the session takes one concurrency slot.
+* One ack per received frame (never merged); ``byte_range`` has an exclusive end (the spec and both SDKs,
+  not ``asyncapi.yaml``'s "inclusive"). A frame's ack goes out before the transcript messages it triggers.
+
+Test controls (``None`` as a session id means every session; for ``stall`` and ``drop_after_bytes`` also the
+ones created later): ``fail_next_inits(status, count)`` (after the key check), ``drop(id, how, code)``,
+``drop_after_bytes(id, n, how, code, keep_last=True)``, ``stall(id, bool)`` (no reading, acking or
+transcribing; a dropped socket's unread data is lost), ``send_malformed(id)``, ``open_sessions()``,
+``wait_until(predicate, within)``. ``FakeSession`` keeps ``received`` (every byte, a resend appended again),
+``messages`` (every message the flags let out, delivered or not), ``finals`` (also when finals are gated
+off), ``connections``, ``client_close_codes``, ``keepalives``, ``refused_chunks``, ``ignored``, ``ended``,
+``end_reason`` (``stop_recording``, ``client_close``, ``max_duration``, ``idle``, ``not_resumed``).
+
+Not implemented: real-time add-ons (translation, NER, sentiment), summarization/chapterization, callbacks
+(``callback_config`` is validated, nothing is POSTed), custom vocabulary/spelling effects,
+``pre_processing`` effects, list filters and paging on ``GET /v2/live``, ``PATCH``; ``?region=`` on the POST
+is ignored.
 """
 
 from __future__ import annotations
