@@ -93,8 +93,9 @@ ones created later): ``fail_next_inits(status, count)`` (after the key check), `
 transcribing; a dropped socket's unread data is lost), ``send_malformed(id)``, ``open_sessions()``,
 ``wait_until(predicate, within)``. ``FakeSession`` keeps ``received`` (every byte, a resend appended again),
 ``messages`` (every message the flags let out, delivered or not), ``finals`` (also when finals are gated
-off), ``connections``, ``client_close_codes``, ``keepalives``, ``refused_chunks``, ``ignored``, ``ended``,
-``end_reason`` (``stop_recording``, ``client_close``, ``max_duration``, ``idle``, ``not_resumed``).
+off), ``acked`` (bytes acked so far), ``connections``, ``client_close_codes``, ``keepalives``,
+``refused_chunks``, ``ignored``, ``ended``, ``end_reason`` (``stop_recording``, ``client_close``,
+``max_duration``, ``idle``, ``not_resumed``).
 
 Not implemented: real-time add-ons (translation, NER, sentiment), summarization/chapterization, callbacks
 (``callback_config`` is validated, nothing is POSTed), custom vocabulary/spelling effects,
@@ -313,6 +314,7 @@ class FakeSession:
     finals: list[dict[str, Any]] = field(default_factory=list)
     ignored: list[str | bytes] = field(default_factory=list)
     client_close_codes: list[int | None] = field(default_factory=list)
+    acked: int = 0
     keepalives: int = 0
     refused_chunks: int = 0
     connection: _Connection | None = None
@@ -898,6 +900,7 @@ class GladiaFake:
         )
 
     async def _ack(self, session: FakeSession, start: int, end: int) -> None:
+        session.acked = end
         bps = session.audio.bytes_per_second
         await self._emit(
             session,
