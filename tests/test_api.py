@@ -617,3 +617,44 @@ async def test_openapi_documents_exactly_the_routes(http: aiohttp.ClientSession,
             continue  # static directories
         registered.add((route.resource.canonical, route.method))  # type: ignore[union-attr]
     assert registered == documented
+
+
+def test_join_token_claims_match_livekit_api_access_token() -> None:
+    from datetime import timedelta
+
+    from api.tokens import livekit_token
+
+    ttl = timedelta(seconds=3600)
+    ours = livekit_token(
+        api_key="devkey",
+        api_secret="secret",
+        room="r" * 22,
+        identity="guest-x",
+        name="Zoë 🎧",
+        role="guest",
+        ttl=ttl,
+    )
+    grants = lkapi.VideoGrants(
+        room_join=True,
+        room="r" * 22,
+        can_publish=True,
+        can_subscribe=True,
+        can_publish_data=True,
+        can_publish_sources=["microphone"],
+    )
+    reference = (
+        lkapi.AccessToken("devkey", "secret")
+        .with_identity("guest-x")
+        .with_name("Zoë 🎧")
+        .with_attributes({"roomscribe.role": "guest"})
+        .with_grants(grants)
+        .with_ttl(ttl)
+        .to_jwt()
+    )
+    decoded = [jwt.decode(t, "secret", algorithms=["HS256"], issuer="devkey") for t in (ours, reference)]
+    for claims in decoded:
+        assert abs(claims.pop("nbf") + 3600 - claims.pop("exp")) <= 1
+    assert decoded[0] == decoded[1]
+    verified = lkapi.TokenVerifier("devkey", "secret").verify(ours)
+    assert verified.identity == "guest-x" and verified.name == "Zoë 🎧"
+    assert verified.video is not None and verified.video.room_join and verified.video.room == "r" * 22
