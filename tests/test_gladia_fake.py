@@ -673,3 +673,26 @@ async def test_messages_config_flags_gate_the_socket(http: aiohttp.ClientSession
         await ws.close(code=4000)
     finally:
         await fake.stop()
+
+
+async def test_an_utterance_open_at_a_drop_continues_after_the_resume(
+    fake: GladiaFake, http: aiohttp.ClientSession
+) -> None:
+    created, ws = await open_session(http, fake, {"messages_config": {"receive_lifecycle_events": True}})
+    audio = tone(1.0) + silence(0.3)
+    fake.drop_after_bytes(created["id"], 16000, how="close", code=4000)  # mid-utterance
+    for chunk in chunks(audio)[:5]:
+        await ws.send_bytes(chunk)
+    seen = await read_to_close(ws)
+    assert ws.close_code == 4000
+    sent_acked = max(a["data"]["byte_range"][1] for a in of(seen, "audio_chunk"))
+    assert sent_acked == 12800
+    ws = await http.ws_connect(created["url"])
+    seen += await send_and_ack(ws, audio[sent_acked:])  # the SDK way: resend everything not acked
+    await ws.send_str(json.dumps({"type": "stop_recording"}))
+    seen += await read_to_close(ws)
+    (final,) = of(seen, "transcript")
+    # the resent 0.1 s (3200 bytes) was appended again, so the utterance is 1.1 s long on the session clock
+    assert (final["data"]["utterance"]["start"], final["data"]["utterance"]["end"]) == (0.0, 1.1)
+    assert len(of(seen, "start_recording")) == 1 and of(seen, "end_session")
+    assert len(fake.sessions[created["id"]].received) == len(audio) + 3200
