@@ -58,6 +58,8 @@ logger = logging.getLogger(__name__)
 MAX_FRAME_BYTES: Final = 512 * 1024
 #: VAD frame: 20 ms of 16 kHz mono PCM16.
 _VAD_FRAME: Final = BYTES_PER_SECOND // 50
+#: How far back (in session bytes) time mapping must still work: finals come after their acks.
+_SEGMENT_MEMORY: Final = 120 * BYTES_PER_SECOND
 _RETRYABLE_INIT: Final = frozenset({408, 425, 429})
 _GONE_HANDSHAKE: Final = frozenset({401, 403, 404, 410})
 _KEEPALIVE: Final = json.dumps({"type": "audio_chunk", "data": {"chunk": ""}})
@@ -818,10 +820,9 @@ class GladiaStream(EngineStream):
             del unit.buf[:k]
             unit.buf_start += k
             self._space.set()
-        # keep the segments list short: drop those wholly before the acked point
-        while (
-            len(session.segments) > 1 and session.segments[1][0] <= session.acked and session.conn_segment > 0
-        ):
+        # keep the segments list short, but keep those that finals still to come may need (they lag acks)
+        keep_after = session.acked - _SEGMENT_MEMORY
+        while session.conn_segment > 1 and session.segments[1][0] <= keep_after:
             session.segments.pop(0)
             session.conn_segment -= 1
 
