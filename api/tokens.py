@@ -27,7 +27,7 @@ from aiohttp import web
 from api.auth import principal
 from api.errors import ApiError, not_found
 from api.sessions import dumps
-from api.state import POOL, SETTINGS
+from api.state import JOINS, SETTINGS
 from api.validation import invalid, read_json_object, slug_of, text_field
 from db import queries
 
@@ -99,14 +99,15 @@ async def create_token(request: web.Request) -> web.Response:
             raise invalid("display_name", "is required for guests")
         identity, role = guest_identity(), "guest"
 
-    grant = await queries.join_session(
-        request.app[POOL],
-        slug=slug,
-        identity=identity,
-        display_name=name,
-        role=role,
-        user_id=user_id,
-        bypass_guest_check=caller.is_admin,
+    grant = await request.app[JOINS].join(
+        queries.JoinRequest(
+            slug=slug,
+            identity=identity,
+            display_name=name,
+            role=role,
+            user_id=user_id,
+            bypass_guest_check=caller.is_admin,
+        )
     )
     if grant.session is None:
         raise not_found()

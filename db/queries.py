@@ -261,6 +261,53 @@ async def join_session(
     record = await db.fetchrow(_JOIN, slug, identity, display_name, role, user_id, bypass_guest_check)
     if record is None:
         return JoinGrant(session=None, participant=None)
+    return _join_grant(record)
+
+
+@dataclass(frozen=True, slots=True)
+class JoinRequest:
+    slug: str
+    identity: str
+    display_name: str
+    role: Role
+    user_id: str | None
+    bypass_guest_check: bool = False
+
+
+_PARTICIPANT_AS_P = (
+    "id AS p_id, session_id AS p_session_id, identity AS p_identity, display_name AS p_display_name,"
+    " role AS p_role, user_id AS p_user_id, joined_at AS p_joined_at, left_at AS p_left_at"
+)
+
+_JOIN_MANY = f"""
+WITH req AS (
+    SELECT *
+    FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[])
+         WITH ORDINALITY AS r(slug, identity, display_name, role, user_id, bypass, ord)
+), s AS (
+    SELECT r.ord AS req_ord, {", ".join("x." + c.strip() for c in _SESSION_COLUMNS.split(","))}
+    FROM req r JOIN sessions x ON x.slug = r.slug
+), p AS (
+    INSERT INTO participants (session_id, identity, display_name, role, user_id)
+    SELECT s.id, r.identity, r.display_name, r.role, r.user_id
+    FROM req r JOIN s ON s.req_ord = r.ord
+    WHERE s.status = 'active' AND (r.role = 'host' OR s.allow_guests OR r.bypass)
+    ORDER BY r.ord
+    ON CONFLICT (session_id, identity) DO UPDATE SET display_name = EXCLUDED.display_name,
+        role = EXCLUDED.role, user_id = COALESCE(EXCLUDED.user_id, participants.user_id)
+    RETURNING {_PARTICIPANT_AS_P}
+)
+SELECT r.ord, s.*, p.*
+FROM req r
+LEFT JOIN s ON s.req_ord = r.ord
+LEFT JOIN p ON p.p_session_id = s.id AND p.p_identity = r.identity
+ORDER BY r.ord
+"""
+
+
+def _join_grant(record: Any) -> JoinGrant:
+    if record["id"] is None:
+        return JoinGrant(session=None, participant=None)
     participant = None
     if record["p_id"] is not None:
         participant = ParticipantRow(
@@ -274,6 +321,25 @@ async def join_session(
             left_at=record["p_left_at"],
         )
     return JoinGrant(session=_session(record), participant=participant)
+
+
+async def join_sessions(db: Db, requests: Sequence[JoinRequest]) -> list[JoinGrant]:
+    """`join_session` for many requests in one statement (one round trip), results in request order.
+
+    No two requests may name the same (slug, identity): Postgres refuses to upsert one row twice in one
+    statement."""
+    if not requests:
+        return []
+    records = await db.fetch(
+        _JOIN_MANY,
+        [r.slug for r in requests],
+        [r.identity for r in requests],
+        [r.display_name for r in requests],
+        [r.role for r in requests],
+        [r.user_id for r in requests],
+        [r.bypass_guest_check for r in requests],
+    )
+    return [_join_grant(record) for record in records]
 
 
 async def ensure_participant(

@@ -658,3 +658,31 @@ def test_join_token_claims_match_livekit_api_access_token() -> None:
     verified = lkapi.TokenVerifier("devkey", "secret").verify(ours)
     assert verified.identity == "guest-x" and verified.name == "Zoë 🎧"
     assert verified.video is not None and verified.video.room_join and verified.video.room == "r" * 22
+
+
+async def test_a_burst_of_token_requests_is_answered_one_by_one_correctly(
+    http: aiohttp.ClientSession, api_url: str, admin_headers: dict[str, str]
+) -> None:
+    """Concurrent token requests share database statements; each still gets its own, right answer."""
+    open_slug = (await create(http, api_url, admin_headers, title="Burst"))["slug"]
+    closed_slug = (await create(http, api_url, admin_headers, title="Closed", allow_guests=False))["slug"]
+    host = bearer(user_jwt("burst-user", "Burst Host"))
+
+    async def token(slug: str, headers: dict[str, str] | None = None, name: str = "G") -> tuple[int, Any]:
+        async with http.post(
+            f"{api_url}/api/sessions/{slug}/token", json={"display_name": name}, headers=headers
+        ) as response:
+            return response.status, await response.json()
+
+    calls = [token(open_slug, name=f"Guest {i}") for i in range(40)]
+    calls += [token(open_slug, host, name="Host") for _ in range(3)]
+    calls += [token(closed_slug), token(closed_slug, host), token("Z" * 22)]
+    results = await asyncio.gather(*calls)
+    guests, hosts, (refused, admitted, unknown) = results[:40], results[40:43], results[43:]
+    assert all(status == 200 for status, _ in guests + hosts)
+    assert len({body["identity"] for _, body in guests}) == 40
+    assert [body["display_name"] for _, body in guests] == [f"Guest {i}" for i in range(40)]
+    assert len({body["identity"] for _, body in hosts}) == 1 and hosts[0][1]["role"] == "host"
+    assert refused[0] == 403 and admitted[0] == 200 and unknown[0] == 404
+    async with http.get(f"{api_url}/api/sessions/{open_slug}/participants") as response:
+        assert len((await response.json())["participants"]) == 41
