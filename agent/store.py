@@ -13,6 +13,7 @@ import logging
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeAlias
 
 import asyncpg
 
@@ -37,7 +38,7 @@ class _Left:
     at: datetime
 
 
-_Write = _Joined | _Left | queries.SegmentRow
+_Write: TypeAlias = _Joined | _Left | queries.SegmentRow
 
 
 class TranscriptStore:

@@ -2,15 +2,17 @@
 
 `scripts/test.sh` installs and starts what these need (it builds the pinned LiveKit server and makes sure
 PostgreSQL answers at DATABASE_URL); these fixtures then start a LiveKit server of the test session's own
-on port 17880, create a fresh database, and run the API on port 18080.
+and the API on free loopback ports, and create a fresh database.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import random
 import secrets
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -31,12 +33,35 @@ from tests.tcp_proxy import TcpProxy
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test-artifacts"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-LIVEKIT_PORT = 17880
-API_PORT = 18080
 LIVEKIT_KEY, LIVEKIT_SECRET = "devkey", "secret"
 ADMIN_KEY = "test-admin-key"
 GLADIA_KEY = "test-gladia-key"
 USER_JWT_SECRET = "test-user-secret"
+
+
+def _ports_free(*ports: int) -> bool:
+    for port, kind in zip(ports, (socket.SOCK_STREAM, socket.SOCK_STREAM, socket.SOCK_DGRAM), strict=False):
+        with socket.socket(socket.AF_INET, kind) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
+def _free_port_block() -> int:
+    """A port whose next two are free too: LiveKit's HTTP/signal port, then its RTC TCP and UDP ports."""
+    for _ in range(100):
+        port = random.randrange(20_000, 60_000)
+        if _ports_free(port, port + 1, port + 2):
+            return port
+    raise RuntimeError("no free ports on loopback")
+
+
+# Chosen per test session, so that two test sessions (or a running stack) on one machine never collide.
+LIVEKIT_PORT = _free_port_block()
+API_PORT = _free_port_block()
+LOCAL_API_PORT = API_PORT + 1
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -51,11 +76,18 @@ class LiveKitServer:
     binary: Path
     config: Path
     log: Path
-    url: str = f"ws://127.0.0.1:{LIVEKIT_PORT}"
-    http_url: str = f"http://127.0.0.1:{LIVEKIT_PORT}"
+    port: int = LIVEKIT_PORT
     api_key: str = LIVEKIT_KEY
     api_secret: str = LIVEKIT_SECRET
     process: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
         with self.log.open("ab") as log:
@@ -244,7 +276,8 @@ class AgentWorker:
         """Signal the worker and wait for it to exit; returns its exit code."""
         if self.process is None:
             return 0
-        self.process.send_signal(sig)
+        if self.process.returncode is None:
+            self.process.send_signal(sig)
         try:
             code = await asyncio.wait_for(self.process.wait(), within)
         except TimeoutError:
@@ -312,7 +345,6 @@ async def agent_worker(
 
 
 LOCAL_AGENT_NAME = "roomscribe-local"
-LOCAL_API_PORT = 18090
 
 
 @pytest.fixture(scope="session")
