@@ -686,3 +686,20 @@ async def test_a_burst_of_token_requests_is_answered_one_by_one_correctly(
     assert refused[0] == 403 and admitted[0] == 200 and unknown[0] == 404
     async with http.get(f"{api_url}/api/sessions/{open_slug}/participants") as response:
         assert len((await response.json())["participants"]) == 41
+
+
+async def test_join_page_routes_serve_index_html(
+    http: aiohttp.ClientSession, api_url: str, admin_headers: dict[str, str]
+) -> None:
+    from api.static import STATIC_DIR
+
+    slug = (await create(http, api_url, admin_headers, title="Page"))["slug"]
+    if not (STATIC_DIR / "index.html").is_file():
+        async with http.get(f"{api_url}/") as response:
+            await expect_error(response, 404)
+        pytest.skip("api/static/index.html is not there yet")
+    expected = (STATIC_DIR / "index.html").read_bytes()
+    for path in ("/", f"/s/{slug}", "/static/index.html"):
+        async with http.get(f"{api_url}{path}") as response:
+            assert response.status == 200, path
+            assert await response.read() == expected

@@ -226,3 +226,60 @@ async def test_list_sessions_keyset_newest_first(pool: asyncpg.Pool) -> None:
     assert mine == [s.slug for s in reversed(made)]
     assert len(seen) == len(set(seen))
     assert await queries.ping(pool)
+
+
+async def test_join_sessions_answers_each_request_in_order(pool: asyncpg.Pool) -> None:
+    open_session = await _new_session(pool)
+    closed = await queries.create_session(
+        pool,
+        slug=secrets.token_urlsafe(16),
+        title="Members only",
+        languages=[],
+        code_switching=False,
+        custom_vocabulary=[],
+        allow_guests=False,
+        created_by="u1",
+    )
+
+    def request(
+        slug: str, identity: str, role: queries.Role = "guest", bypass: bool = False
+    ) -> queries.JoinRequest:
+        return queries.JoinRequest(
+            slug=slug,
+            identity=identity,
+            display_name=identity.upper(),
+            role=role,
+            user_id=None,
+            bypass_guest_check=bypass,
+        )
+
+    grants = await queries.join_sessions(
+        pool,
+        [
+            request(open_session.slug, "g1"),
+            request("unknown-slug-0123456789", "g2"),
+            request(closed.slug, "g3"),
+            request(closed.slug, "h1", role="host"),
+            request(closed.slug, "g4", bypass=True),
+            request(open_session.slug, "g5"),
+        ],
+    )
+    assert [g.session.slug if g.session else None for g in grants] == [
+        open_session.slug,
+        None,
+        closed.slug,
+        closed.slug,
+        closed.slug,
+        open_session.slug,
+    ]
+    assert [g.participant.identity if g.participant else None for g in grants] == [
+        "g1",
+        None,
+        None,
+        "h1",
+        "g4",
+        "g5",
+    ]
+    assert grants[3].participant is not None and grants[3].participant.role == "host"
+    assert grants[0].participant is not None and grants[0].participant.display_name == "G1"
+    assert await queries.join_sessions(pool, []) == []
