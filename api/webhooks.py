@@ -2,8 +2,9 @@
 
 The body is verified with livekit-api's WebhookReceiver (JWT signed with the LiveKit API secret, carrying
 the body's sha256): unsigned, forged or tampered → 401. Then:
-- participant_joined / participant_left: the participant's joined_at / left_at (row created if needed);
-  participants of kind AGENT (the transcriber) are ignored.
+- participant_joined / participant_left (and participant_connection_aborted, a join that never
+  completed): the participant's joined_at / left_at (row created if needed); participants of kind AGENT
+  (the transcriber) are ignored.
 - room_finished: the session ends (status ended, ended_at).
 A room that is no session of ours is acknowledged (200) and logged, as is any other event.
 """
@@ -68,7 +69,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
     room = event.room.name
     kind = event.event
     fields = {"webhook_event": kind, "room": room, "webhook_id": event.id}
-    if kind in ("participant_joined", "participant_left"):
+    if kind in ("participant_joined", "participant_left", "participant_connection_aborted"):
         participant = event.participant
         fields["participant"] = participant.identity
         if participant.kind == lkapi.ParticipantInfo.Kind.AGENT:

@@ -124,9 +124,10 @@ async def _load(
         args.requests = warm_until
         deadline = time.perf_counter() + args.seconds
 
-        began = time.perf_counter()
+        began, cpu_began = time.perf_counter(), time.process_time()
         await asyncio.gather(*(worker() for _ in range(args.connections)))
         elapsed = time.perf_counter() - began
+        cpu = time.process_time() - cpu_began
 
     latencies.sort()
 
@@ -137,6 +138,7 @@ async def _load(
 
     return {
         "requests": len(latencies),
+        "load_cpu_busy": round(cpu / elapsed, 2) if elapsed else 0.0,
         "warmup": warmup,
         "errors": errors,
         "statuses": statuses,
@@ -270,7 +272,8 @@ async def main(args: argparse.Namespace) -> None:
                 f"{result['rps']:.1f} req/s, p50 {result['p50_ms']:.2f} ms, p99 {result['p99_ms']:.2f} ms, "
                 f"errors {result['errors']}; API process CPU {api_cpu / served * 1e6:.0f} us/request "
                 f"(one core at that cost: {served / api_cpu:.0f} req/s), "
-                f"its core {100 * api_cpu / wall:.0f}% busy"
+                f"its core {100 * api_cpu / wall:.0f}% busy; load generator's core "
+                f"{100 * result['load_cpu_busy']:.0f}% busy"
             )
     finally:
         await _stop(api)
