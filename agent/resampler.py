@@ -36,8 +36,8 @@ STOPBAND_DB = 70.0
 
 #: Largest number of output samples computed in one vectorised block (bounds memory on long inputs).
 _CHUNK = 4096
-#: The same for the gather path (``up > 1``), whose blocks copy their input windows.
-_GATHER_CHUNK = 1024
+#: Up to this many phases, each phase is one strided matrix-vector product; beyond, a dense block matrix.
+_FEW_PHASES = 4
 
 Int16Array = npt.NDArray[np.int16]
 Float32Array = npt.NDArray[np.float32]
@@ -66,13 +66,16 @@ class PolyphaseFilter:
     bank: Float32Array
     #: For output index ``r`` (mod ``up``): newest input index used, relative to ``(n // up) * down``.
     offset: IntArray
-    #: Outputs computed per vectorised block when ``up > 1`` (a multiple of ``up``).
+    #: ``offset`` as Python ints (cheaper to index per call).
+    offsets: tuple[int, ...]
+    #: Outputs computed per vectorised block (with many phases: ``up``).
     chunk: int
-    #: ``offset`` and ``bank`` unrolled over ``chunk + up`` outputs, so that any block of up to ``chunk``
-    #: outputs starting at any phase reads them as contiguous slices: entry ``m`` is for output ``m`` with
-    #: ``offset_tab[m] = (m // up) * down + offset[m % up]`` and ``bank_tab[m] = bank[m % up]``.
-    offset_tab: IntArray
-    bank_tab: Float32Array
+    #: With many phases (``up > _FEW_PHASES``), outputs ``m`` in ``0 .. 2 * up - 1`` as one dense matrix
+    #: over the input: row ``m`` holds ``bank[m % up]`` from column ``offset_tab[m]``, where column ``c``
+    #: reads input ``c - (taps_per_phase - 1)`` (relative to the block's first input); any ``up``
+    #: consecutive outputs are then one sub-matrix times a contiguous stretch of input.
+    offset_tab: tuple[int, ...]
+    dense: Float32Array
 
 
 def _kaiser_beta(attenuation_db: float) -> float:
@@ -114,14 +117,26 @@ def design_filter(input_rate: int) -> PolyphaseFilter:
     centre = r * down + delay  # prototype-rate index of output r's instant, delay compensated
     bank = np.ascontiguousarray(phases[centre % up, ::-1], dtype=np.float32)
     offset = (centre // up).astype(np.intp)
-    chunk = _CHUNK if up == 1 else up * -(-_GATHER_CHUNK // up)
-    m = np.arange(chunk + up if up > 1 else 1)
+    chunk = _CHUNK if up <= _FEW_PHASES else up
+    m = np.arange(2 * up if up > _FEW_PHASES else 0)
     offset_tab = (m // up) * down + offset[m % up]
-    bank_tab = np.ascontiguousarray(bank[m % up])
-    for array in (taps, bank, offset, offset_tab, bank_tab):
+    dense = np.zeros((len(m), int(offset_tab[-1]) + taps_per_phase if len(m) else 0), dtype=np.float32)
+    dense[m[:, None], offset_tab[:, None] + np.arange(taps_per_phase)] = bank[m % up]
+    for array in (taps, bank, offset, dense):
         array.flags.writeable = False
     return PolyphaseFilter(
-        input_rate, up, down, taps, delay, taps_per_phase, bank, offset, chunk, offset_tab, bank_tab
+        input_rate,
+        up,
+        down,
+        taps,
+        delay,
+        taps_per_phase,
+        bank,
+        offset,
+        tuple(int(o) for o in offset),
+        chunk,
+        tuple(int(o) for o in offset_tab),
+        dense,
     )
 
 
@@ -218,7 +233,7 @@ class StreamingResampler:
         if target > self._n_out:
             # Zeros after the end of the input, up to the newest sample the last output reads.
             q, r = divmod(target - 1, f.up)
-            newest = q * f.down + int(f.offset[r])
+            newest = q * f.down + f.offsets[r]
             missing = newest + 1 - (self._start + self._hi - self._lo)
             if missing > 0:
                 self._reserve(missing)[:] = 0.0
@@ -255,28 +270,50 @@ class StreamingResampler:
             (buf.shape[0] - k + 1, k), np.float32, buf, 0, (buf.strides[0], buf.strides[0])
         )
         base = 1 - k - self._start  # window index ending at input index i is i + base
-        parts: list[Float32Array] = []
         step = f.chunk
-        for lo in range(start, end, step):
-            hi = min(end, lo + step)
-            q, r0 = divmod(lo, f.up)
-            first = q * f.down + base
-            if f.up == 1:
-                first += int(f.offset[0])
-                parts.append(np.dot(windows[first : first + (hi - lo - 1) * f.down + 1 : f.down], f.bank[0]))
-            else:
-                rows = windows[f.offset_tab[r0 : r0 + hi - lo] + first]
-                parts.append(np.einsum("ij,ij->i", rows, f.bank_tab[r0 : r0 + hi - lo]))
-        y = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        if end - start <= step:
+            y = self._block(buf, windows, base, start, end)
+        else:
+            y = np.concatenate(
+                [self._block(buf, windows, base, lo, min(end, lo + step)) for lo in range(start, end, step)]
+            )
         self._n_out = end
         # The next output reads from this input index on.
         q, r = divmod(end, f.up)
-        keep_from = q * f.down + int(f.offset[r]) - (k - 1)
+        keep_from = q * f.down + f.offsets[r] - (k - 1)
         drop = keep_from - self._start
         if drop > 0:
             self._lo += drop
             self._start = keep_from
         return _to_int16(y)
+
+    def _block(self, buf: Float32Array, windows: Float32Array, base: int, lo: int, hi: int) -> Float32Array:
+        """Outputs ``lo .. hi - 1`` (at most ``chunk``) as float32; ``windows[s]`` is ``buf[s : s + k]``."""
+        f = self._filter
+        assert f is not None
+        up, down = f.up, f.down
+        if up == 1:
+            first = lo * down + f.offsets[0] + base
+            y1: Float32Array = np.dot(windows[first : first + (hi - lo - 1) * down + 1 : down], f.bank[0])
+            return y1
+        if up <= _FEW_PHASES:
+            # One strided matrix-vector product per phase, interleaved into the output.
+            y = np.empty(hi - lo, dtype=np.float32)
+            for r in range(up):
+                n = lo + (r - lo) % up  # the first output of phase r
+                if n >= hi:
+                    continue
+                first = n // up * down + f.offsets[r] + base
+                count = (hi - n + up - 1) // up
+                y[n - lo :: up] = np.dot(windows[first : first + (count - 1) * down + 1 : down], f.bank[r])
+            return y
+        # Many phases: one dense sub-matrix times the stretch of input these outputs read.
+        q, r0 = divmod(lo, up)
+        c0 = f.offset_tab[r0]
+        c1 = f.offset_tab[r0 + hi - lo - 1] + f.taps_per_phase
+        at = q * down + base
+        y_dense: Float32Array = f.dense[r0 : r0 + hi - lo, c0:c1] @ buf[at + c0 : at + c1]
+        return y_dense
 
 
 def _to_int16(y: Float32Array) -> Int16Array:
