@@ -325,11 +325,17 @@ async def test_drops_mid_utterance_lose_no_audio(
         assert hyp.end == pytest.approx(to_stream_clock(utt["end"]), abs=2e-3)
 
 
-@pytest.mark.parametrize("code", [4401, 1000])
+@pytest.mark.parametrize("how", ["close-4401", "close-1000", "refused"])
 async def test_session_gone_opens_a_new_session_with_the_unacked_audio(
-    fake: GladiaFake, engines: list[GladiaEngine], code: int
+    fake: GladiaFake, engines: list[GladiaEngine], how: str
 ) -> None:
-    stream, events = open_stream(fake, engines)
+    """4400-4499 or an unrequested 1000 close, or a handshake refused (403): a new session gets the
+    un-acked audio, and its times continue the stream clock."""
+    knobs: dict[str, Any] = {}
+    if how == "refused":
+        fake.resumable_seconds = 0.0  # the fake ends a session as soon as its socket is gone
+        knobs["backoff_base"] = 0.4  # reconnect only after the fake has ended it
+    stream, events = open_stream(fake, engines, **knobs)
     pcm = speech()
     half = 4 * BYTES_PER_SECOND
     await push_paced(stream, pcm[:half])
@@ -337,7 +343,10 @@ async def test_session_gone_opens_a_new_session_with_the_unacked_audio(
     first = only_session(fake)
     fake.stall(first.id, True)  # what is sent now is never acked
     await push_paced(stream, pcm[half : half + 2 * BYTES_PER_SECOND])
-    await fake.drop(first.id, how="close", code=code)
+    if how == "refused":
+        await fake.drop(first.id, how="abort")
+    else:
+        await fake.drop(first.id, how="close", code=int(how.split("-")[1]))
     fake.stall(first.id, False)
     await push_paced(stream, pcm[half + 2 * BYTES_PER_SECOND :])
     await stream.flush()
@@ -352,6 +361,37 @@ async def test_session_gone_opens_a_new_session_with_the_unacked_audio(
     assert got == pytest.approx(expected, abs=1e-3)
     ids = [h.utterance_id for h in events.finals]
     assert len(ids) == len(set(ids))
+
+
+async def test_rotates_to_a_new_session_at_a_pause(fake: GladiaFake, engines: list[GladiaEngine]) -> None:
+    stream, events = open_stream(fake, engines, rotate_after=1.0, pause_seconds=0.2)
+    pcm = speech()
+    await push_paced(stream, pcm, pause=0.03)  # ~3 s of wall time
+    await stream.flush()
+    sessions = sorted(fake.sessions.values(), key=lambda s: s.created_monotonic)
+    assert len(sessions) >= 2
+    assert all(s.ended for s in sessions)
+    assert b"".join(bytes(s.received) for s in sessions) == pcm  # nothing lost or repeated at the switch
+    await until(lambda: len(events.finals) == sum(len(s.finals) for s in sessions))
+    offset = 0
+    expected: list[float] = []
+    for s in sessions:
+        expected += [m["data"]["utterance"]["start"] + offset / BYTES_PER_SECOND for m in s.finals]
+        offset += len(s.received)
+    assert [h.start for h in events.finals] == pytest.approx(expected, abs=1e-3)
+
+
+async def test_aclose_ends_the_gladia_session(fake: GladiaFake, engines: list[GladiaEngine]) -> None:
+    stream, events = open_stream(fake, engines)
+    await push_paced(stream, speech()[: 2 * BYTES_PER_SECOND])
+    await until(lambda: len(fake.sessions) == 1 and only_session(fake).connected)
+    await stream.aclose()
+    await events.finished()
+    session = only_session(fake)
+    await until(lambda: session.ended)
+    assert session.stopped  # stop_recording, not a resumable close that would hold the session
+    assert all(code == 1000 for code in session.client_close_codes)
+    assert fake.open_sessions() == 0
 
 
 async def test_buffer_overflow_emits_an_audio_gap(

@@ -301,7 +301,8 @@ class GladiaStream(EngineStream):
         unit.waiters.append(done)
         self._wake.set()
         try:
-            await asyncio.wait_for(asyncio.shield(done), self._t.flush_timeout)
+            async with asyncio.timeout(self._t.flush_timeout):
+                await asyncio.shield(done)
         except TimeoutError:
             logger.warning("gladia flush timed out", extra={**self._log, "timeout_s": self._t.flush_timeout})
 
@@ -396,7 +397,8 @@ class GladiaStream(EngineStream):
                 waited = True
                 self._space.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._space.wait(), self._t.push_timeout)
+                    async with asyncio.timeout(self._t.push_timeout):
+                        await self._space.wait()
                 continue
             need = self._buffered() + len(data) - self._max_buffer
             await self._drop_oldest(max(need, self._max_buffer // 10))
@@ -533,6 +535,9 @@ class GladiaStream(EngineStream):
                 "receive_speech_events": True,
             },
         }
+        if o.log_context:
+            # Names the session in Gladia's dashboard and API (room, participant, track).
+            body["custom_metadata"] = dict(o.log_context)
         if o.custom_vocabulary:
             body["realtime_processing"] = {
                 "custom_vocabulary": True,
@@ -647,8 +652,8 @@ class GladiaStream(EngineStream):
         try:
             await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
             if not reader.done():
-                wait_for = self._t.stop_timeout if writer.exception() is None else 1.0
-                done, _ = await asyncio.wait({reader}, timeout=wait_for)
+                grace = self._t.stop_timeout if writer.exception() is None else 1.0
+                done, _ = await asyncio.wait({reader}, timeout=grace)
                 if not done and writer.exception() is None:
                     logger.warning(
                         "gladia session did not end in time after stop_recording",
@@ -684,7 +689,7 @@ class GladiaStream(EngineStream):
     async def _write(self, ws: aiohttp.ClientWebSocketResponse, session: _Session, unit: _Unit) -> None:
         """Send unit audio: the un-acked backlog first (<= 512 KiB frames), then ~100 ms chunks."""
         last_send = time.monotonic()
-        while True:
+        while not self._closed:
             self._wake.clear()
             now = time.monotonic()
             unit.sent_upto = max(unit.sent_upto, unit.buf_start)
@@ -731,7 +736,9 @@ class GladiaStream(EngineStream):
             if unsent > 0:
                 timeout = min(timeout, self._t.chunk_seconds - idle)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(timeout, 0.005))
+                # not asyncio.wait_for: on 3.11 it can swallow a cancel that races with the event
+                async with asyncio.timeout(max(timeout, 0.005)):
+                    await self._wake.wait()
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse, session: _Session, unit: _Unit) -> Outcome:
         while True:
