@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import wave
 from collections import Counter
+from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -16,7 +18,7 @@ from tests.conftest import AgentWorker, LiveKitServer
 from tests.fakes.gladia_fake import GladiaFake
 from tests.livekit_helpers import join, publish_speech, read_wav, unpublish_all
 
-SPEECH_SECONDS = 12.0
+SPEECH_SECONDS = 15.0
 
 
 def _fake_sessions_for(fake: GladiaFake, room: str, track_sid: str) -> list[bytes]:
@@ -28,17 +30,23 @@ def _fake_sessions_for(fake: GladiaFake, room: str, track_sid: str) -> list[byte
     ]
 
 
-def _best_correlation(received: np.ndarray, reference: np.ndarray) -> float:
-    """Peak normalised cross-correlation over lags of up to 0.5 s (the pipeline adds a small delay)."""
-    n = min(len(received), len(reference))
-    a = received[:n].astype(np.float64)
-    b = reference[:n].astype(np.float64)
-    best = 0.0
-    for lag in range(0, 8000, 16):
-        x, y = a[lag:], b[: n - lag]
-        denominator = np.linalg.norm(x) * np.linalg.norm(y)
-        if denominator:
-            best = max(best, float(np.dot(x, y) / denominator))
+def _envelope(samples: np.ndarray, rate: int) -> np.ndarray:
+    """RMS energy per 20 ms: the shape of the speech, which a lossy codec (Opus) keeps."""
+    frame = rate // 50
+    usable = len(samples) // frame * frame
+    frames = samples[:usable].astype(np.float64).reshape(-1, frame)
+    return np.sqrt((frames**2).mean(axis=1))
+
+
+def _envelope_correlation(received: np.ndarray, reference: np.ndarray, max_lag_frames: int = 100) -> float:
+    """Peak Pearson correlation of the two 16 kHz signals' envelopes, over lags of up to ±2 s."""
+    a, b = _envelope(received, 16000), _envelope(reference, 16000)
+    best = -1.0
+    for lag in range(-max_lag_frames, max_lag_frames + 1):
+        x, y = (a[lag:], b) if lag >= 0 else (a, b[-lag:])
+        n = min(len(x), len(y))
+        if n > 50:
+            best = max(best, float(np.corrcoef(x[:n], y[:n])[0, 1]))
     return best
 
 
@@ -58,6 +66,7 @@ async def test_two_speakers_are_captioned_live_stored_once_and_exported_in_order
     gladia_fake: GladiaFake,
     livekit_server: LiveKitServer,
     database_url: str,
+    artifacts: Path,
 ) -> None:
     slug = await _create_session(http, api_url, admin_headers, "Two speakers")
     alice = await join(http, api_url, slug, "Alice", listen=False)
@@ -103,9 +112,14 @@ async def test_two_speakers_are_captioned_live_stored_once_and_exported_in_order
         received = b"".join(_fake_sessions_for(gladia_fake, slug, sid))
         received_seconds = len(received) / 32000
         assert abs(received_seconds - SPEECH_SECONDS) <= 0.02 * SPEECH_SECONDS, (sid, received_seconds)
+        with wave.open(str(artifacts / f"engine-received-{sid}.wav"), "wb") as wav:
+            wav.setnchannels(1)
+            wav.setsampwidth(2)
+            wav.setframerate(16000)
+            wav.writeframes(received)
         reference = resample_poly(samples.astype(np.float64), 16000, rate)
-        correlation = _best_correlation(np.frombuffer(received, dtype=np.int16), reference)
-        assert correlation > 0.9, (sid, correlation)
+        correlation = _envelope_correlation(np.frombuffer(received, dtype=np.int16), reference)
+        assert correlation > 0.8, (sid, correlation)
 
     # Postgres: every final once.
     connection = await asyncpg.connect(database_url)
