@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 
 logger = logging.getLogger("roomscribe.api")
@@ -56,6 +57,15 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+# The database did not answer (down, restarting, unreachable): a 503 the client may retry, not a bug.
+DATABASE_UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+)
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -73,6 +83,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
             error.reason if error.text is None or error.text.startswith(f"{error.status}:") else error.text
         )
         return json_error(error.status, _CODES.get(error.status, "error"), message, headers)
+    except DATABASE_UNAVAILABLE as error:
+        logger.error(
+            "database unavailable",
+            extra={"method": request.method, "path": request.path, "error": type(error).__name__},
+        )
+        return json_error(503, "database_unavailable", "the database is not answering; retry shortly")
     except Exception:
         logger.exception("unhandled error", extra={"method": request.method, "path": request.path})
         return json_error(500, "internal_error", "internal error")

@@ -703,3 +703,48 @@ async def test_join_page_routes_serve_index_html(
         async with http.get(f"{api_url}{path}") as response:
             assert response.status == 200, path
             assert await response.read() == expected
+
+
+async def test_database_outage_is_a_503_then_recovers(
+    http: aiohttp.ClientSession, settings: Settings, admin_headers: dict[str, str]
+) -> None:
+    from urllib.parse import urlsplit, urlunsplit
+
+    from aiohttp import web
+
+    from api.app import create_app
+    from tests.tcp_proxy import TcpProxy
+
+    parts = urlsplit(settings.database_url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
+    await proxy.start()
+    credentials = parts.netloc.rpartition("@")[0]
+    through_proxy = urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{proxy.port}"))
+    runner = web.AppRunner(create_app(settings.model_copy(update={"database_url": through_proxy})))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        host, port = runner.addresses[0][:2]
+        base = f"http://{host}:{port}"
+        async with http.get(f"{base}/readyz") as response:
+            assert response.status == 200
+        proxy.cut()
+        async with http.get(f"{base}/readyz") as response:
+            assert response.status == 503
+        async with http.get(f"{base}/api/sessions", headers=admin_headers) as response:
+            await expect_error(response, 503, "database_unavailable")
+        async with http.get(f"{base}/healthz") as response:
+            assert response.status == 200
+        proxy.restore()
+
+        async def ready() -> bool:
+            async with http.get(f"{base}/readyz") as response:
+                return response.status == 200
+
+        await eventually(ready)
+        async with http.get(f"{base}/api/sessions", headers=admin_headers) as response:
+            assert response.status == 200
+    finally:
+        await runner.cleanup()
+        await proxy.stop()
