@@ -45,7 +45,6 @@ def tuning(**overrides: Any) -> GladiaTuning:
         "flush_timeout": 8.0,
         "connect_timeout": 3.0,
         "http_timeout": 3.0,
-        "heartbeat": None,
     }
     knobs.update(overrides)
     return GladiaTuning(**knobs)
@@ -253,6 +252,34 @@ async def test_partials_and_finals_on_the_stream_clock(fake: GladiaFake, engines
     for hyp, msg in zip(later, second.finals, strict=True):
         assert hyp.start == pytest.approx(msg["data"]["utterance"]["start"] + offset, abs=1e-3)
     assert len({h.utterance_id for h in events.finals}) == len(events.finals)
+
+
+async def test_init_body_carries_custom_vocabulary(fake: GladiaFake, engines: list[GladiaEngine]) -> None:
+    engine = GladiaEngine(KEY, fake.base_url, region="eu-west", tuning=tuning())
+    engines.append(engine)
+    options = StreamOptions(
+        languages=("en", "fr"), code_switching=True, endpointing=0.5, custom_vocabulary=("Gladia", "Beckett")
+    )
+    stream = engine.open_stream(options)
+    await push_paced(stream, speech()[: 2 * BYTES_PER_SECOND])
+    await stream.flush()
+    config = only_session(fake).config
+    assert config["realtime_processing"] == {
+        "custom_vocabulary": True,
+        "custom_vocabulary_config": {"vocabulary": ["Gladia", "Beckett"]},
+    }
+    assert config["language_config"] == {"languages": ["en", "fr"], "code_switching": True}
+    assert config["endpointing"] == 0.5
+    assert (config["encoding"], config["bit_depth"], config["sample_rate"], config["channels"]) == (
+        "wav/pcm",
+        16,
+        16000,
+        1,
+    )
+    flags = config["messages_config"]
+    assert all(flags[k] for k in ("receive_partial_transcripts", "receive_final_transcripts"))
+    assert all(flags[k] for k in ("receive_acknowledgments", "receive_speech_events"))
+    await stream.aclose()
 
 
 async def test_malformed_frames_are_logged_and_skipped(

@@ -510,7 +510,7 @@ class GladiaStream(EngineStream):
                     "gladia session init failed, retrying",
                     extra={
                         **self._log,
-                        "error": str(exc) or type(exc).__name__,
+                        "error": _describe(exc),
                         "attempt": attempt + 1,
                         "retry_in_s": round(delay, 2),
                     },
@@ -597,7 +597,7 @@ class GladiaStream(EngineStream):
                     extra={
                         **self._log,
                         "session_id": session.id,
-                        "error": str(exc) or type(exc).__name__,
+                        "error": _describe(exc),
                         "attempt": failures,
                         "retry_in_s": round(delay, 2),
                     },
@@ -909,6 +909,15 @@ def _rms_per_frame(pcm: bytes, frame_bytes: int) -> list[float]:
         samples = np.frombuffer(piece[: len(piece) - len(piece) % 2], dtype="<i2").astype(np.float32)
         out.append(float(np.sqrt(np.mean(np.square(samples / 32768.0)))) if len(samples) else 0.0)
     return out
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception for a log line, without URLs: the session URL carries its access token."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{type(exc).__name__}: HTTP {exc.status}"
+    if isinstance(exc, aiohttp.ClientError):
+        return type(exc).__name__
+    return str(exc) or type(exc).__name__
 
 
 def _error_message(text: str) -> str:
