@@ -26,7 +26,11 @@ if TYPE_CHECKING:
     from tests.conftest import LiveKitServer
 
 USER_SECRET = "test-user-secret"
-pytestmark = pytest.mark.livekit
+pytestmark = [
+    pytest.mark.livekit,
+    # The test secrets (LiveKit's dev "secret", the user JWT secret) are short on purpose.
+    pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning"),
+]
 
 
 def user_jwt(sub: str, name: str, *, secret: str = USER_SECRET, exp_in: float = 600) -> str:
