@@ -258,7 +258,11 @@ async def test_init_body_carries_custom_vocabulary(fake: GladiaFake, engines: li
     engine = GladiaEngine(KEY, fake.base_url, region="eu-west", tuning=tuning())
     engines.append(engine)
     options = StreamOptions(
-        languages=("en", "fr"), code_switching=True, endpointing=0.5, custom_vocabulary=("Gladia", "Beckett")
+        languages=("en", "fr"),
+        code_switching=True,
+        endpointing=0.5,
+        custom_vocabulary=("Gladia", "Beckett"),
+        log_context=LOG_CONTEXT,
     )
     stream = engine.open_stream(options)
     await push_paced(stream, speech()[: 2 * BYTES_PER_SECOND])
@@ -270,6 +274,7 @@ async def test_init_body_carries_custom_vocabulary(fake: GladiaFake, engines: li
     }
     assert config["language_config"] == {"languages": ["en", "fr"], "code_switching": True}
     assert config["endpointing"] == 0.5
+    assert config["custom_metadata"] == LOG_CONTEXT
     assert (config["encoding"], config["bit_depth"], config["sample_rate"], config["channels"]) == (
         "wav/pcm",
         16,

@@ -98,7 +98,8 @@ class GladiaTuning:
     silence_rms: float = 0.01
     #: Close the Gladia session after this much silence (or this long with no push at all).
     silence_close_after: float = 20.0
-    pre_roll_seconds: float = 1.0
+    #: Audio kept from before the first voiced frame when a session (re)opens on speech.
+    pre_roll_seconds: float = 1.5
     #: With no audio to send for this long, send an empty ``audio_chunk`` (Gladia drops idle sockets ~30 s).
     keepalive_interval: float = 5.0
     #: Rotate to a new session at the next pause once a session is this old (Gladia's cap is 3 h).
@@ -538,6 +539,8 @@ class GladiaStream(EngineStream):
         if o.log_context:
             # Names the session in Gladia's dashboard and API (room, participant, track).
             body["custom_metadata"] = dict(o.log_context)
+        if self._log:
+            body["custom_metadata"] = dict(self._log)  # room/participant/track: findable in Gladia's list
         if o.custom_vocabulary:
             body["realtime_processing"] = {
                 "custom_vocabulary": True,
