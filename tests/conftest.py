@@ -95,7 +95,7 @@ class LiveKitServer:
                 str(self.binary), "--dev", "--config", str(self.config), stdout=log, stderr=log
             )
         async with aiohttp.ClientSession() as http:
-            for _ in range(200):
+            for _ in range(600):
                 if self.process.returncode is not None:
                     raise RuntimeError(
                         f"livekit-server exited with {self.process.returncode}; see {self.log}"
@@ -107,7 +107,8 @@ class LiveKitServer:
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.05)
-        raise RuntimeError(f"livekit-server did not answer on {self.http_url}; see {self.log}")
+        tail = self.log.read_text(errors="replace")[-2000:]
+        raise RuntimeError(f"livekit-server did not answer on {self.http_url}; its log ends:\n{tail}")
 
     async def stop(self) -> None:
         if self.process is None:
@@ -145,7 +146,7 @@ def livekit_binary() -> Path:
 
 @pytest.fixture(scope="session")
 async def livekit_server(livekit_binary: Path, artifacts: Path) -> AsyncIterator[LiveKitServer]:
-    config = artifacts / "livekit.yaml"
+    config = artifacts / f"livekit-{LIVEKIT_PORT}.yaml"
     webhook = f"http://127.0.0.1:{API_PORT}/api/livekit/webhook"
     writer = await asyncio.create_subprocess_exec(
         "bash",
@@ -159,7 +160,9 @@ async def livekit_server(livekit_binary: Path, artifacts: Path) -> AsyncIterator
     )
     if await writer.wait() != 0:
         pytest.fail("could not write the LiveKit server config")
-    server = LiveKitServer(binary=livekit_binary, config=config, log=artifacts / "livekit.log")
+    server = LiveKitServer(
+        binary=livekit_binary, config=config, log=artifacts / f"livekit-{LIVEKIT_PORT}.log"
+    )
     await server.start()
     yield server
     await server.stop()
@@ -338,7 +341,7 @@ async def agent_worker(
         GLADIA_API_URL=gladia_fake.base_url,
         DATABASE_URL=_through_proxy(settings.database_url, database_proxy),
     )
-    worker = AgentWorker(env=env, log=artifacts / "agent-worker.log")
+    worker = AgentWorker(env=env, log=artifacts / f"agent-worker-{LIVEKIT_PORT}.log")
     await worker.start()
     yield worker
     await worker.stop()
@@ -371,7 +374,7 @@ async def local_agent_worker(
 ) -> AsyncIterator[AgentWorker]:
     """The transcription worker on the offline engine (PocketSphinx), as with no Gladia key."""
     env = agent_env(settings, STT_ENGINE="local", AGENT_NAME=LOCAL_AGENT_NAME)
-    worker = AgentWorker(env=env, log=artifacts / "agent-worker-local.log")
+    worker = AgentWorker(env=env, log=artifacts / f"agent-worker-local-{LIVEKIT_PORT}.log")
     await worker.start()
     yield worker
     await worker.stop()
