@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 
@@ -355,6 +356,38 @@ async def test_drops_mid_utterance_lose_no_audio(
         utt = by_id[hyp.utterance_id.split(":", 1)[1]]
         assert hyp.start == pytest.approx(to_stream_clock(utt["start"]), abs=2e-3)
         assert hyp.end == pytest.approx(to_stream_clock(utt["end"]), abs=2e-3)
+
+
+async def test_a_long_backlog_is_resent_in_frames_of_at_most_512_kib(
+    fake: GladiaFake, engines: list[GladiaEngine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sizes: list[int] = []
+    original = aiohttp.ClientWebSocketResponse.send_bytes
+
+    async def recording(
+        self: aiohttp.ClientWebSocketResponse, data: bytes, *args: Any, **kwargs: Any
+    ) -> None:
+        sizes.append(len(data))
+        await original(self, data, *args, **kwargs)
+
+    monkeypatch.setattr(aiohttp.ClientWebSocketResponse, "send_bytes", recording)
+    stream, events = open_stream(fake, engines)
+    pcm = speech()
+    long = (pcm * 3)[: 25 * BYTES_PER_SECOND]  # 800 kB
+    await push_paced(stream, long[:BYTES_PER_SECOND])
+    await until(lambda: len(fake.sessions) == 1 and only_session(fake).connected)
+    session = only_session(fake)
+    fake.stall(session.id, True)  # nothing more is read or acked
+    await push_paced(stream, long[BYTES_PER_SECOND:], pause=0)
+    await fake.drop(session.id, how="abort")
+    fake.stall(session.id, False)
+    await stream.flush()
+    assert max(sizes) <= 512 * 1024
+    assert max(sizes) > 100 * CHUNK  # the resend went out in big frames, not 100 ms chunks
+    assert session.connections >= 2
+    deduped, _ = remove_resend_overlaps(bytes(session.received), long, max_overlap=len(long))
+    assert deduped == long
+    assert events.error is None
 
 
 @pytest.mark.parametrize("how", ["close-4401", "close-1000", "refused"])
