@@ -195,10 +195,12 @@ class StreamingResampler:
 
     def process(self, samples: Int16Array) -> Int16Array:
         """Take interleaved int16 samples; return the 16 kHz mono int16 samples now complete (maybe none)."""
-        samples = np.asarray(samples)
+        if type(samples) is not np.ndarray:
+            samples = np.asarray(samples)
         if samples.dtype != np.int16:
             raise TypeError(f"expected int16 samples, got {samples.dtype}")
-        samples = samples.reshape(-1)
+        if samples.ndim != 1:
+            samples = samples.reshape(-1)
         stereo = self.input_channels == 2
         if stereo and samples.shape[0] % 2:
             raise ValueError(
@@ -213,14 +215,20 @@ class StreamingResampler:
             pairs = samples.reshape(-1, 2).astype(np.float32)
             return _to_int16((pairs[:, 0] + pairs[:, 1]) * np.float32(0.5))
         if n:
-            dest = self._reserve(n)
+            hi = self._hi + n
+            if hi <= self._store.shape[0]:
+                dest = self._store[self._hi : hi]
+                self._hi = hi
+            else:
+                dest = self._reserve(n)
             if stereo:
                 dest[:] = samples[0::2]
                 dest += samples[1::2]
                 dest *= np.float32(0.5)
             else:
                 dest[:] = samples
-        return self._emit(self.expected_output(self._n_in))
+        f = self._filter
+        return self._emit(max(0, (self._n_in * f.up - 1 - f.delay) // f.down + 1))
 
     def flush(self) -> Int16Array:
         """Emit the tail held back by the filter delay (the input is taken to end here), then reset.
@@ -273,7 +281,10 @@ class StreamingResampler:
         )
         base = 1 - k - self._start  # window index ending at input index i is i + base
         step = f.chunk
-        if end - start <= step:
+        if f.up == 1 and end - start <= step:  # the common case (48 and 32 kHz), inlined
+            first = start * f.down + f.offsets[0] + base
+            y = np.dot(windows[first : first + (end - start - 1) * f.down + 1 : f.down], f.bank[0])
+        elif end - start <= step:
             y = self._block(buf, windows, base, start, end)
         else:
             y = np.concatenate(
