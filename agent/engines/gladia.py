@@ -536,9 +536,6 @@ class GladiaStream(EngineStream):
                 "receive_speech_events": True,
             },
         }
-        if o.log_context:
-            # Names the session in Gladia's dashboard and API (room, participant, track).
-            body["custom_metadata"] = dict(o.log_context)
         if self._log:
             body["custom_metadata"] = dict(self._log)  # room/participant/track: findable in Gladia's list
         if o.custom_vocabulary:
