@@ -90,9 +90,9 @@ async def until(predicate: Callable[[], bool], within: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
-async def push_paced(stream: EngineStream, pcm: bytes, pause: float = 0.002) -> None:
-    for i in range(0, len(pcm), CHUNK):
-        await stream.push(pcm[i : i + CHUNK])
+async def push_paced(stream: EngineStream, pcm: bytes, pause: float = 0.002, chunk: int = CHUNK) -> None:
+    for i in range(0, len(pcm), chunk):
+        await stream.push(pcm[i : i + chunk])
         await asyncio.sleep(pause)
 
 
@@ -221,7 +221,7 @@ async def test_transient_init_failures_are_retried(
 async def test_partials_and_finals_on_the_stream_clock(fake: GladiaFake, engines: list[GladiaEngine]) -> None:
     stream, events = open_stream(fake, engines)
     pcm = speech()
-    await push_paced(stream, pcm)
+    await push_paced(stream, pcm, pause=0, chunk=320)  # 10 ms frames, as the pipeline pushes them
     await stream.flush()
     first = only_session(fake)
     assert first.ended
