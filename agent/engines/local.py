@@ -195,7 +195,8 @@ class _DecodeSession:
         """End the current utterance (flush): its final, if it has speech; the VAD starts afresh."""
         out: list[Hypothesis] = []
         if self._endpointer is not None and self._endpointer.in_speech:
-            speech: bytes | None = self._endpointer.end_stream(self._carry)
+            # end_stream refuses an empty buffer: one zero sample stands for "no more audio".
+            speech: bytes | None = self._endpointer.end_stream(self._carry or bytes(2))
             if speech:
                 if not self._in_utt:
                     self._begin(self._ep_offset + self._endpointer.speech_start)
@@ -298,7 +299,7 @@ class StreamStats:
     log_context: Mapping[str, str]
     pushed_s: float  # audio pushed so far (the audio clock)
     decoded_s: float  # audio the decoder has taken in
-    backlog_s: float  # pushed and not yet decoded
+    backlog_s: float  # pushed and not yet decoded: <= max_pending_seconds + chunk_seconds (the chunk in hand)
     lag_s: float  # how long the oldest undecoded audio has waited (wall clock)
     cpu_s: float  # thread CPU time spent decoding this stream
     saturated: bool  # lag_s is above the engine's lag_warning_seconds
@@ -556,8 +557,8 @@ class LocalStream(EngineStream):
         try:
             while True:
                 if self._flushes and self._taken >= self._flushes[0][0]:
-                    _, done = self._flushes.popleft()
                     await self._emit(await self._call(self._session.finish))
+                    _, done = self._flushes.popleft()  # popped only now: if finish fails, flush raises
                     if not done.done():
                         done.set_result(None)
                     continue
