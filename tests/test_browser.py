@@ -6,6 +6,7 @@ the room shows that speaker's captions, partials turning final, from the `lk.tra
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections import deque
@@ -16,6 +17,7 @@ import pytest
 from livekit import api as lkapi
 from livekit.agents.utils.hw import get_cpu_monitor
 from playwright.async_api import Browser, BrowserContext, Locator, Page, async_playwright, expect
+from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.conftest import AgentWorker, LiveKitServer
 
@@ -217,6 +219,9 @@ async def test_page_shows_live_captions_to_everyone_across_a_reconnect_and_the_t
             await grace.wait_for_timeout(250)
         await expect(grace.get_by_test_id("participants").locator("li")).to_have_count(2)
 
+        # The picture shows what a person sees mid-sentence: finals and, most of the time, a partial.
+        with contextlib.suppress(PlaywrightTimeoutError):
+            await captions(ada, "Ada", final=False).first.wait_for(timeout=5_000)
         await ada.screenshot(path=str(artifacts / "browser-captions.png"), full_page=True)
 
         # Ada leaves; her page shows the stored transcript: her finals, under her name.

@@ -192,12 +192,16 @@ async function joinRoom(displayName) {
   setStatus(connectedStatus(room));
   ui.leave.focus();
 
+  // The mute button waits for the microphone: a click before it is published would enable it again.
+  ui.mute.disabled = true;
   try {
     await room.localParticipant.setMicrophoneEnabled(true);
     setMuteButton(false);
   } catch (error) {
     setMuteButton(true);
     setStatus(`Connected, but the microphone is unavailable (${error.message}). You can still read captions.`, "warn");
+  } finally {
+    ui.mute.disabled = false;
   }
   renderParticipants();
 }
