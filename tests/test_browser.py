@@ -212,10 +212,12 @@ async def test_page_shows_live_captions_to_everyone_across_a_reconnect_and_the_t
         await grace.evaluate("window.roomscribe.room.simulateScenario('full-reconnect')")
         await grace.wait_for_function("window.__seen.statuses.includes('Reconnecting…')")
         await expect(grace.get_by_test_id("status")).to_have_text("Connected as Grace.")
-        before = set(await grace.evaluate("window.__seen.final"))
+        ada_finals = captions(grace, "Ada", final=True)
+        segment_ids = "items => items.map(li => li.dataset.segmentId)"
+        before = set(await ada_finals.evaluate_all(segment_ids))
         deadline = time.monotonic() + 30
-        while not set(await grace.evaluate("window.__seen.final")) - before:
-            assert time.monotonic() < deadline, "no new final caption after the reconnect"
+        while not set(await ada_finals.evaluate_all(segment_ids)) - before:
+            assert time.monotonic() < deadline, "no new final caption of Ada after the reconnect"
             await grace.wait_for_timeout(250)
         await expect(grace.get_by_test_id("participants").locator("li")).to_have_count(2)
 
@@ -229,8 +231,9 @@ async def test_page_shows_live_captions_to_everyone_across_a_reconnect_and_the_t
         await expect(ada.get_by_test_id("status")).to_have_text("You left the session.")
         await expect(grace.get_by_test_id("participants").locator("li")).to_have_count(1)
         transcript = ada.get_by_test_id("transcript").locator('[data-testid="transcript-segment"]')
+        ada_segments = transcript.and_(ada.locator('[data-speaker="Ada"]'))
         deadline = time.monotonic() + 15
-        while not await transcript.filter(has_text=ANY_FIXTURE_WORD).count():
+        while not await ada_segments.filter(has_text=ANY_FIXTURE_WORD).count():
             assert time.monotonic() < deadline, await ada.get_by_test_id("transcript").inner_text()
             await ada.wait_for_timeout(500)
             await ada.get_by_role("button", name="Refresh transcript").click()
