@@ -336,7 +336,9 @@ async def test_decoding_never_blocks_the_event_loop() -> None:
         await engine.aclose()
     print(f"\nloop lag while decoding: max {max(gaps) * 1000:.0f} ms over {len(gaps)} ticks")
     assert len(gaps) > 50
-    assert max(gaps) < 0.25
+    # Each pool call holds the GIL for <= ~0.1 s of CPU; measured max gaps 80-190 ms on a busy 2-core machine.
+    # Decoding on the loop would show gaps of seconds (10 s of audio is ~2 s of CPU).
+    assert max(gaps) < 0.35
 
 
 async def _drain(stream: LocalStream) -> None:

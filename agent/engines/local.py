@@ -51,6 +51,8 @@ logger = logging.getLogger(__name__)
 
 #: Decoder frames per second (10 ms frame shift).
 FRAME_RATE: Final = 100
+#: How long a stream's worker waits for more audio when it has less than half a chunk to decode.
+_GATHER_SECONDS: Final = 0.05
 #: Tokens that are not words: sentence markers, silence, fillers such as ``[NOISE]`` / ``++NOISE++``.
 _NON_WORDS: Final = frozenset({"<s>", "</s>", "<sil>"})
 
@@ -454,6 +456,7 @@ class LocalStream(EngineStream):
             self._check_open()
             room = self._max_pending - len(self._pending)
             if room <= 0:
+                self._check_saturation()  # say so even while the pool has not yet answered
                 self._space.clear()
                 self._start()
                 await self._space.wait()
@@ -554,6 +557,7 @@ class LocalStream(EngineStream):
             self._push_marks.popleft()
 
     async def _run(self) -> None:
+        gathered = False
         try:
             while True:
                 if self._flushes and self._taken >= self._flushes[0][0]:
@@ -563,6 +567,12 @@ class LocalStream(EngineStream):
                         done.set_result(None)
                     continue
                 if self._pending:
+                    if not gathered and not self._flushes and len(self._pending) < self._chunk_bytes // 2:
+                        # Pushes of 10 ms: let a few gather, for fewer and larger pool calls (+<=50 ms).
+                        gathered = True
+                        await asyncio.sleep(_GATHER_SECONDS)
+                        continue
+                    gathered = False
                     size = min(len(self._pending), self._chunk_bytes)
                     if self._flushes:
                         size = min(size, self._flushes[0][0] - self._taken)
