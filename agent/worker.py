@@ -2,7 +2,8 @@
 
 The transcriber joins as a hidden participant that subscribes to audio and publishes data only. Exactly
 one transcriber serves a room: a job request is turned down when the room already has one, or when an
-older dispatch of this agent exists for the room (two requests racing each other agree on the oldest).
+older live dispatch of this agent exists for the room (two requests racing each other agree on the
+oldest; a dispatch whose job never started, see common/dispatch.py, does not count).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from livekit import api
 from livekit.agents import AgentServer, JobContext, JobRequest, WorkerPermissions
 
 from agent.room_transcriber import RoomTranscriber
+from common.dispatch import live_dispatches
 from common.settings import Settings, get_settings
 
 logger = logging.getLogger("roomscribe.worker")
@@ -43,14 +45,17 @@ async def on_job_request(request: JobRequest) -> None:
         logger.info("job declined: room already has a transcriber", extra={"room": room, "job": request.id})
         await request.reject()
         return
-    ours = sorted(
-        (d for d in dispatches if d.agent_name == request.agent_name),
-        key=lambda d: (d.state.created_at, d.id),
-    )
-    if ours and request.job.dispatch_id and ours[0].id != request.job.dispatch_id:
+    own = next((d for d in dispatches if d.id == request.job.dispatch_id), None)
+    own_key = (own.state.created_at, own.id) if own is not None else None
+    older = [
+        d.id
+        for d in live_dispatches(dispatches, request.agent_name)
+        if d.id != request.job.dispatch_id and (own_key is None or (d.state.created_at, d.id) < own_key)
+    ]
+    if older:
         logger.info(
             "job declined: an older dispatch serves this room",
-            extra={"room": room, "job": request.id, "dispatch": request.job.dispatch_id, "kept": ours[0].id},
+            extra={"room": room, "job": request.id, "dispatch": request.job.dispatch_id, "kept": older[0]},
         )
         await request.reject()
         return

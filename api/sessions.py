@@ -60,6 +60,17 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def dispatch_metadata(session: queries.SessionRow) -> str:
+    """What the agent is told about the session when it is dispatched to its room."""
+    return dumps(
+        {
+            "languages": list(session.languages),
+            "code_switching": session.code_switching,
+            "custom_vocabulary": list(session.custom_vocabulary),
+        }
+    )
+
+
 async def load_session(request: web.Request) -> queries.SessionRow:
     """The session named by the path's slug, or a 404."""
     session = await queries.get_session_by_slug(request.app[POOL], slug_of(request))
@@ -107,9 +118,7 @@ async def create_session(request: web.Request) -> web.Response:
         allow_guests=allow_guests,
         created_by=caller.user_id,
     )
-    metadata = dumps(
-        {"languages": languages, "code_switching": code_switching, "custom_vocabulary": vocabulary}
-    )
+    metadata = dispatch_metadata(session)
     try:
         await request.app[LIVEKIT].room.create_room(
             lkapi.CreateRoomRequest(

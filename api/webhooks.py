@@ -6,6 +6,9 @@ the body's sha256): unsigned, forged or tampered → 401. Then:
   completed): the participant's joined_at / left_at (row created if needed); participants of kind AGENT
   (the transcriber) are ignored.
 - room_finished: the session ends (status ended, ended_at).
+- a (non-agent) participant joins a room with no live dispatch of the transcriber (its job never started
+  because every worker was full, or it failed): the agent is dispatched again, so no session is left
+  without captions.
 A room that is no session of ours is acknowledged (200) and logged, as is any other event.
 """
 
@@ -19,7 +22,9 @@ from google.protobuf.json_format import ParseError
 from livekit import api as lkapi
 
 from api.errors import ApiError
-from api.state import POOL, SETTINGS
+from api.sessions import dispatch_metadata
+from api.state import LIVEKIT, POOL, SETTINGS
+from common.dispatch import live_dispatches
 from db import queries
 
 logger = logging.getLogger("roomscribe.api.webhooks")
@@ -44,6 +49,27 @@ def _joined_time(event: lkapi.WebhookEvent) -> datetime:
     if participant.joined_at > 0:
         return datetime.fromtimestamp(participant.joined_at, UTC)
     return _event_time(event)
+
+
+async def dispatch_again_if_unserved(app: web.Application, room: str) -> None:
+    """Dispatch the transcriber to `room` when none of its dispatches can still bring one."""
+    settings, livekit = app[SETTINGS], app[LIVEKIT]
+    try:
+        dispatches = await livekit.agent_dispatch.list_dispatch(room_name=room)
+        if live_dispatches(dispatches, settings.agent_name):
+            return
+        session = await queries.get_session_by_slug(app[POOL], room)
+        if session is None or session.status != "active":
+            return
+        await livekit.agent_dispatch.create_dispatch(
+            lkapi.CreateAgentDispatchRequest(
+                agent_name=settings.agent_name, room=room, metadata=dispatch_metadata(session)
+            )
+        )
+    except Exception as error:  # LiveKit unreachable: the next join tries again
+        logger.error("could not check the room's transcriber", extra={"room": room, "error": repr(error)})
+        return
+    logger.warning("room had no transcriber, agent dispatched again", extra={"room": room})
 
 
 async def receive_webhook(request: web.Request) -> web.Response:
@@ -93,6 +119,8 @@ async def receive_webhook(request: web.Request) -> web.Response:
     else:
         logger.debug("webhook: event not used", extra=fields)
         return web.json_response({"ok": True})
+    if known and kind == "participant_joined":
+        await dispatch_again_if_unserved(request.app, room)
     if known:
         logger.info("webhook applied", extra=fields)
     else:

@@ -10,6 +10,7 @@ import asyncpg
 from livekit import api as lkapi
 
 from agent.worker import TRANSCRIBER_IDENTITY
+from common.dispatch import UNASSIGNED_GRACE_S
 from tests.conftest import AgentWorker, LiveKitServer
 from tests.livekit_helpers import Participant, join, publish_speech, read_wav, unpublish_all
 from tests.tcp_proxy import TcpProxy
@@ -151,3 +152,36 @@ async def test_sigterm_mid_sentence_publishes_and_stores_that_utterance_before_e
         await speaker.leave()
         await listener.leave()
         await agent_worker.start()
+
+
+async def test_a_room_whose_dispatch_found_no_worker_gets_a_transcriber_when_someone_joins(
+    http: aiohttp.ClientSession,
+    api_url: str,
+    admin_headers: dict[str, str],
+    agent_worker: AgentWorker,
+    livekit_server: LiveKitServer,
+) -> None:
+    async def transcribers(slug: str) -> list[str]:
+        async with livekit_server.api() as livekit:
+            participants = await livekit.room.list_participants(lkapi.ListParticipantsRequest(room=slug))
+        return [p.identity for p in participants.participants if p.identity == TRANSCRIBER_IDENTITY]
+
+    assert await agent_worker.stop() == 0
+    try:
+        slug = await _create_session(http, api_url, admin_headers, "No worker at creation")
+        await asyncio.sleep(UNASSIGNED_GRACE_S + 1)  # the dispatch's one offer found no worker
+    finally:
+        await agent_worker.start()
+    await asyncio.sleep(3)
+    assert await transcribers(slug) == [], (
+        "LiveKit re-offered the dispatch by itself; this test shows nothing"
+    )
+    listener = await join(http, api_url, slug, "Listener")
+    try:
+        for _ in range(100):
+            if await transcribers(slug):
+                break
+            await asyncio.sleep(0.2)
+        assert await transcribers(slug) == [TRANSCRIBER_IDENTITY]
+    finally:
+        await listener.leave()
