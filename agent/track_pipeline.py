@@ -25,8 +25,11 @@ logger = logging.getLogger("roomscribe.pipeline")
 
 #: Rate asked of LiveKit's AudioStream: WebRTC's native rate, so the FFI does no resampling of its own.
 SOURCE_RATE = 48_000
-#: Frames (10 ms each) the AudioStream may hold while the engine is busy: 5 s.
-AUDIO_QUEUE_FRAMES = 500
+#: Frame length asked of the AudioStream (the FFI re-chunks WebRTC's 10 ms frames): half the per-frame
+#: Python work of 10 ms frames along the whole pipeline, for at most 10 ms more buffering.
+FRAME_MS = 20
+#: Frames the AudioStream may hold while the engine is busy: 5 s.
+AUDIO_QUEUE_FRAMES = 5000 // FRAME_MS
 
 
 class AudioFrames(Protocol):
@@ -38,7 +41,9 @@ class AudioFrames(Protocol):
 
 
 def open_track_audio(track: rtc.Track) -> rtc.AudioStream:
-    return rtc.AudioStream(track, sample_rate=SOURCE_RATE, num_channels=1, capacity=AUDIO_QUEUE_FRAMES)
+    return rtc.AudioStream(
+        track, sample_rate=SOURCE_RATE, num_channels=1, capacity=AUDIO_QUEUE_FRAMES, frame_size_ms=FRAME_MS
+    )
 
 
 #: A push that waits this long means the engine is behind real time; say so.
@@ -135,10 +140,13 @@ class TrackPipeline:
     async def _consume_events(self) -> None:
         try:
             async for event in self._stream.events():
-                if isinstance(event, Hypothesis):
-                    await self._on_hypothesis(event)
-                elif isinstance(event, AudioGap):
-                    await self._on_gap(event)
+                try:
+                    if isinstance(event, Hypothesis):
+                        await self._on_hypothesis(event)
+                    elif isinstance(event, AudioGap):
+                        await self._on_gap(event)
+                except Exception:  # one bad event must not end the track's captions
+                    logger.exception("transcript event not handled", extra=self._log)
         except EngineError as error:
             logger.error(
                 "speech engine stopped this track's transcription", extra={**self._log, "error": str(error)}

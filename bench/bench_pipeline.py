@@ -1,6 +1,7 @@
 """Agent pipeline benchmark with an instant engine.
 
-N tracks of real speech (10 ms frames of the 48 kHz fixture, paced in real time) run through the real
+N tracks of real speech (frames of the 48 kHz fixture as the pipeline asks LiveKit for them, 20 ms,
+paced in real time) run through the real
 TrackPipeline: resampler → engine stream → transcript events → publisher/store. The engine answers
 instantly (a partial every 100 ms of audio, a final every 2 s), so what is measured is roomscribe's
 own pipeline: CPU per speaking track, how many tracks one core carries, and the added latency from the
@@ -26,11 +27,11 @@ from livekit import rtc
 from agent.engines.base import EngineEvent, EngineStream, Hypothesis, SpeechEngine, StreamOptions
 from agent.publisher import RoomPublisher
 from agent.store import TranscriptStore
-from agent.track_pipeline import TrackPipeline
+from agent.track_pipeline import FRAME_MS, TrackPipeline
 from agent.transcript import Speaker, TranscriptEvent
 
 FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "two_cities_48k.wav"
-FRAME = 480  # 10 ms at 48 kHz
+FRAME = 48 * FRAME_MS  # samples per frame at 48 kHz
 
 
 class FrameClock:
@@ -41,7 +42,7 @@ class FrameClock:
 
 
 class RealTimeFrames:
-    """10 ms frames of the fixture, yielded on a real-time schedule."""
+    """Frames of the fixture, yielded on a real-time schedule."""
 
     def __init__(self, samples: np.ndarray, seconds: float, clock: FrameClock, offset: int) -> None:
         self._frames = [
@@ -56,9 +57,9 @@ class RealTimeFrames:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[rtc.AudioFrameEvent]:
-        start = time.perf_counter() + (self._offset % 100) / 10_000  # spread tracks over a 10 ms frame
+        start = time.perf_counter() + (self._offset % 100) / 100 * FRAME_MS / 1000  # spread over a frame
         for index, frame in enumerate(self._frames):
-            due = start + index * 0.01
+            due = start + index * FRAME_MS / 1000
             delay = due - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -72,7 +73,8 @@ class RealTimeFrames:
 
 
 class InstantStream(EngineStream):
-    def __init__(self, clock: FrameClock, emitted_at: dict[str, float]) -> None:
+    def __init__(self, track: int, clock: FrameClock, emitted_at: dict[str, float]) -> None:
+        self._track = track
         self._queue: asyncio.Queue[EngineEvent | None] = asyncio.Queue(maxsize=64)
         self._clock = clock
         self._emitted_at = emitted_at
@@ -87,7 +89,7 @@ class InstantStream(EngineStream):
             return
         final = self._bytes // 64_000 > (self._bytes - len(pcm)) // 64_000
         utterance_id = f"u{self._utterance}"
-        key = f"{utterance_id}:{position:.2f}"
+        key = f"{self._track}:{utterance_id}:{position:.2f}"
         self._emitted_at[key] = self._clock.last_frame_at
         await self._queue.put(
             Hypothesis(utterance_id, f"words {key}", final, self._utterance * 2.0, position, "en", 0.9)
@@ -114,7 +116,7 @@ class InstantEngine(SpeechEngine):
         self.emitted_at: dict[str, float] = {}
 
     def open_stream(self, options: StreamOptions) -> EngineStream:
-        return InstantStream(self.clocks[-1], self.emitted_at)
+        return InstantStream(len(self.clocks) - 1, self.clocks[-1], self.emitted_at)
 
 
 class LatencyPublisher(RoomPublisher):
