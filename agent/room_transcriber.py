@@ -92,6 +92,13 @@ class RoomTranscriber:
         await self._engine.aclose()
         logger.info("transcriber drained", extra={**self._log, "tracks": len(pipelines)})
 
+    def people_remain(self) -> bool:
+        """The room is still connected and has participants other than agents."""
+        room = self._ctx.room
+        return room.isconnected() and any(
+            p.kind != rtc.ParticipantKind.PARTICIPANT_KIND_AGENT for p in room.remote_participants.values()
+        )
+
     @property
     def _log(self) -> dict[str, str]:
         return {"room": self._room_name}

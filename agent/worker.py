@@ -70,10 +70,41 @@ async def entrypoint(ctx: JobContext) -> None:
 
 
 async def on_session_end(ctx: JobContext) -> None:
-    """Runs on every job shutdown (worker stopping, room gone) while the room is still connected."""
+    """Runs on every job shutdown (worker stopping, room gone) while the room is still connected.
+
+    When the worker is stopping (a deploy) and people are still in the room, the job hands the room
+    over: it ends its open utterances, leaves, and replaces its dispatch with a new one, which LiveKit
+    offers to a worker that is not draining.
+    """
     transcriber = ctx.proc.userdata.pop(_USERDATA_KEY, None)
-    if isinstance(transcriber, RoomTranscriber):
-        await transcriber.drain()
+    if not isinstance(transcriber, RoomTranscriber):
+        return
+    await transcriber.drain()
+    if transcriber.people_remain():
+        await hand_over(ctx)
+
+
+async def hand_over(ctx: JobContext) -> None:
+    settings = get_settings()
+    room = ctx.job.room.name
+    await ctx.room.disconnect()  # first: the next transcriber must find the room without us
+    try:
+        async with api.LiveKitAPI(
+            http_url(settings.livekit_url),
+            settings.livekit_api_key,
+            settings.livekit_api_secret.get_secret_value(),
+        ) as livekit:
+            if ctx.job.dispatch_id:
+                await livekit.agent_dispatch.delete_dispatch(ctx.job.dispatch_id, room)
+            await livekit.agent_dispatch.create_dispatch(
+                api.CreateAgentDispatchRequest(
+                    agent_name=ctx.job.agent_name, room=room, metadata=ctx.job.metadata
+                )
+            )
+    except Exception as error:  # the API re-dispatches on the next join anyway
+        logger.error("room not handed over", extra={"room": room, "job": ctx.job.id, "error": repr(error)})
+        return
+    logger.info("room handed over to another worker", extra={"room": room, "job": ctx.job.id})
 
 
 def build_server(settings: Settings) -> AgentServer:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
 
 import aiohttp
 import asyncpg
@@ -185,3 +187,45 @@ async def test_a_room_whose_dispatch_found_no_worker_gets_a_transcriber_when_som
         assert await transcribers(slug) == [TRANSCRIBER_IDENTITY]
     finally:
         await listener.leave()
+
+
+async def test_a_rolling_deploy_hands_the_room_to_another_worker_and_captions_go_on(
+    http: aiohttp.ClientSession,
+    api_url: str,
+    admin_headers: dict[str, str],
+    agent_worker: AgentWorker,
+    artifacts: Path,
+) -> None:
+    second = AgentWorker(env=agent_worker.env, log=artifacts / f"agent-worker-second-{id(agent_worker)}.log")
+    await second.start()
+    slug = await _create_session(http, api_url, admin_headers, "Rolling deploy")
+    speaker, listener = await _speaker_and_listener(http, api_url, slug)
+    samples, rate = read_wav("two_cities_48k.wav")
+    speaking = asyncio.create_task(publish_speech(speaker, samples[: 28 * rate], rate))
+    try:
+        await listener.wait_for(lambda: bool(listener.finals("data", speaker.identity)), 20, "first finals")
+
+        def accepted(worker: AgentWorker) -> bool:
+            return any("job accepted" in line and slug in line for line in worker.log_text().splitlines())
+
+        serving, other = (agent_worker, second) if accepted(agent_worker) else (second, agent_worker)
+        assert accepted(serving) and not accepted(other)
+        assert await serving.stop() == 0
+        stopped_at = datetime.now(UTC).isoformat()
+        assert "room handed over to another worker" in serving.log_text()
+
+        def spoken_after_stop() -> int:
+            return sum(
+                1 for c in listener.finals("data", speaker.identity) if c.start and c.start > stopped_at
+            )
+
+        await listener.wait_for(lambda: spoken_after_stop() >= 2, 30, "captions from the other worker")
+        assert accepted(other)
+    finally:
+        speaking.cancel()
+        await asyncio.gather(speaking, return_exceptions=True)
+        await speaker.leave()
+        await listener.leave()
+        await second.stop()
+        if agent_worker.process is None:
+            await agent_worker.start()
