@@ -59,7 +59,8 @@ class Settings(BaseSettings):
     # Offline engine (PocketSphinx). Unset model path: the US English model shipped with pocketsphinx.
     local_model_path: str | None = None
     local_language: str = "en-us"
-    local_decoder_threads: int = 2
+    # Decoder processes shared by all tracks of a room; each decodes on about one core.
+    local_decoder_processes: int = 1
 
     log_level: str = "INFO"
 

@@ -164,7 +164,7 @@ def whole(name: str) -> list[WholeWord]:
 async def streamed(name: str, step_s: float) -> StreamRun:
     if (name, step_s) not in _streamed:
         file, seconds, _ = AUDIO[name]
-        engine = LocalEngine(decoder_threads=2)
+        engine = LocalEngine(decoder_processes=2)
         try:
             _streamed[name, step_s] = await stream_through(engine, load_pcm(file, seconds), step_s)
         finally:
@@ -262,7 +262,7 @@ async def test_final_word_times_are_on_the_stream_clock() -> None:
 
 
 async def test_flush_emits_the_final_of_the_utterance_in_progress() -> None:
-    engine = LocalEngine(decoder_threads=1)
+    engine = LocalEngine(decoder_processes=1)
     stream = engine.open_stream(OPTIONS)
     events = stream.events()
     pcm = load_pcm("two_cities_48k.wav", TWO_CITIES_SECONDS)
@@ -304,7 +304,7 @@ async def test_decoding_never_blocks_the_event_loop() -> None:
     PocketSphinx holds the GIL inside each call, so this holds because calls are short (0.1 s of audio).
     Creating a decoder holds it for ~0.4 s, once per stream: the streams are warmed up before the probe.
     """
-    engine = LocalEngine(decoder_threads=2)
+    engine = LocalEngine(decoder_processes=2)
     pcm = load_pcm("two_cities_48k.wav", 10.0)
     streams = [engine.open_stream(OPTIONS) for _ in range(2)]
     for stream in streams:
@@ -347,7 +347,7 @@ async def _drain(stream: LocalStream) -> None:
 
 
 async def test_backlog_is_bounded_and_saturation_is_reported(caplog: pytest.LogCaptureFixture) -> None:
-    engine = LocalEngine(decoder_threads=1, max_pending_seconds=0.5, lag_warning_seconds=0.3)
+    engine = LocalEngine(decoder_processes=1, max_pending_seconds=0.5, lag_warning_seconds=0.3)
     pcm = load_pcm("two_cities_48k.wav", 6.0)
     streams = [engine.open_stream(OPTIONS) for _ in range(2)]
     drains = [asyncio.create_task(_drain(s)) for s in streams]
@@ -380,7 +380,7 @@ async def test_backlog_is_bounded_and_saturation_is_reported(caplog: pytest.LogC
 
 
 async def test_aclose_stops_everything_without_flushing() -> None:
-    engine = LocalEngine(decoder_threads=1)
+    engine = LocalEngine(decoder_processes=1)
     stream = engine.open_stream(OPTIONS)
     events: list[EngineEvent] = []
 
@@ -407,8 +407,8 @@ async def test_aclose_stops_everything_without_flushing() -> None:
 
 
 async def test_built_from_settings_and_checks_the_model_path(tmp_path: Path) -> None:
-    engine = LocalEngine.from_settings(Settings(local_language="en-gb", local_decoder_threads=3))
-    assert engine.language == "en-gb" and engine.decoder_threads == 3
+    engine = LocalEngine.from_settings(Settings(local_language="en-gb", local_decoder_processes=3))
+    assert engine.language == "en-gb" and engine.decoder_processes == 3
     assert engine.decoder_settings.model_path is None  # pocketsphinx's bundled en-us model
     await engine.aclose()
     with pytest.raises(EngineError):

@@ -7,13 +7,16 @@ utterance's first sample) and are put on the stream's audio clock; word confiden
 posteriors ``Segment.prob`` the decoder computes at the end of an utterance (``bestpath``), clamped to [0, 1];
 partials carry none.
 
-Threading: decoding never runs on the event loop. It runs in one `ThreadPoolExecutor` shared by the engine
-(``decoder_threads`` workers). Each stream has a single worker task that awaits each call before making the
-next, so no decoder is ever used by two threads at once. PocketSphinx 5.1.1 does NOT release the GIL (its
-extension imports no ``PyEval_SaveThread``; two threads decoding take longer than one doing both in turn),
-so the pool gives no parallel decoding, and every call into it holds the GIL for its whole length: calls are
-kept short (``chunk_seconds`` of audio each, ~10-30 ms of CPU) so that the event loop gets its turn between
-them. The engine's capacity is about one core for all its streams, whatever ``decoder_threads`` says.
+Processes: decoding never runs on the event loop, nor in its process. PocketSphinx 5.1.1 never releases the
+GIL (its extension imports no ``PyEval_SaveThread``), so a decoder call in a thread still stalls the event
+loop for its whole length (10-90 ms per 0.1 s of audio, ~0.4 s to build a decoder). The engine therefore runs
+a small pool of long-lived decoder processes (``decoder_processes``, spawned on first use; each decodes on
+about one core). Each stream is pinned to one process, which holds its decoder and endpointer (they are
+stateful, and are built there too); requests carry the stream id. The loop only hands requests to a writer
+thread and gets replies from a reader thread (a blocking ``recv``, which releases the GIL). Each stream has
+a single worker task that awaits each reply before sending its next request. A process that dies fails the
+streams pinned to it (their `events()` raise `EngineError`, with one error log line each); streams on other
+processes go on, and new streams get a fresh process.
 
 Audio that waits is bounded: each stream holds at most ``max_pending_seconds`` of undecoded audio, and
 `push` waits when it is full. When the oldest undecoded audio has waited more than ``lag_warning_seconds``,
@@ -25,11 +28,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import multiprocessing
+import queue
+import signal
+import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.context import SpawnProcess
 from pathlib import Path
 from typing import Any, Final
 
@@ -112,7 +120,7 @@ def _model_files(folder: Path) -> dict[str, str]:
 
 
 class _DecodeSession:
-    """One stream's recogniser state. Synchronous; runs only in the pool, one call at a time."""
+    """One stream's recogniser state. Synchronous; lives in a decoder process, one call at a time."""
 
     def __init__(
         self,
@@ -295,6 +303,225 @@ class _DecodeSession:
         )
 
 
+# -- the decoder processes ----------------------------------------------------------------------------------
+
+#: A request to a decoder process: (request id, stream id, operation, argument). Operations: "open" (argument:
+#: the `_DecodeSession` keyword arguments; no reply), "feed" (PCM bytes), "finish" (None), "close" (None; no
+#: reply). ``None`` instead of a request (or the parent's end of the pipe closing) stops the process.
+_Request = tuple[int, int, str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """A decoder process's answer to a "feed" or "finish" request."""
+
+    request_id: int
+    error: str | None
+    hypotheses: list[Hypothesis]
+    consumed_bytes: int  # the stream's audio taken in by its decoder, after this call
+    started: float  # time.monotonic() (system-wide) when the process began the call
+    cpu_s: float  # CPU time of the call
+
+
+def _decoder_process_main(requests: Connection, replies: Connection) -> None:
+    """A decoder process: holds the `_DecodeSession` (decoder, endpointer) of every stream pinned to it and
+    runs their calls one at a time, in arrival order. Ends when the parent says so or goes away."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops us
+    sessions: dict[int, _DecodeSession] = {}
+    while True:
+        try:
+            request: _Request | None = requests.recv()
+        except (EOFError, OSError):
+            return
+        if request is None:
+            return
+        request_id, stream_id, op, arg = request
+        if op == "open":
+            sessions[stream_id] = _DecodeSession(**arg)
+            continue
+        if op == "close":
+            sessions.pop(stream_id, None)
+            continue
+        started, cpu = time.monotonic(), time.thread_time()
+        error: str | None = None
+        hypotheses: list[Hypothesis] = []
+        session = sessions.get(stream_id)
+        try:
+            if session is None:
+                raise EngineError(f"decoder process has no stream {stream_id}")
+            hypotheses = session.feed(arg) if op == "feed" else session.finish()
+        except EngineError as exc:
+            error = str(exc)
+        except Exception as exc:
+            error = f"pocketsphinx failed: {exc!r}"
+        consumed = session.consumed_bytes if session is not None else 0
+        reply = _Reply(request_id, error, hypotheses, consumed, started, time.thread_time() - cpu)
+        try:
+            replies.send(reply)
+        except OSError:
+            return
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "exit code unknown"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class _DecoderProcess:
+    """One long-lived decoder process, seen from the engine's event loop.
+
+    Requests go to a writer thread (``conn.send`` may block when the pipe is full; the loop never does) and
+    replies come back through a reader thread (a blocking ``recv``, which releases the GIL) that hands each
+    one to the loop with ``call_soon_threadsafe``. The process starts on the first push of a stream pinned to
+    it, in a thread. When it dies, every pending request fails and the engine is told (``on_death``).
+    """
+
+    def __init__(self, index: int, on_death: Callable[[_DecoderProcess, EngineError], None]) -> None:
+        self.index = index
+        self.pid: int | None = None
+        self.error: EngineError | None = None
+        self.stream_ids: set[int] = set()
+        self._on_death = on_death
+        self._process: SpawnProcess | None = None
+        self._outbox: queue.SimpleQueue[_Request | None] = queue.SimpleQueue()
+        self._pending: dict[int, asyncio.Future[_Reply]] = {}
+        self._next_request = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._starting: asyncio.Future[None] | None = None
+        self._threads: list[threading.Thread] = []
+        self._stopping = False
+
+    @property
+    def started(self) -> bool:
+        return self._starting is not None
+
+    async def ensure_started(self) -> None:
+        if self._starting is None:
+            self._loop = asyncio.get_running_loop()
+            self._starting = asyncio.ensure_future(asyncio.to_thread(self._start_blocking))
+        # Shielded: a stream closing while the process starts must not abandon the start half-way.
+        await asyncio.shield(self._starting)
+
+    def _start_blocking(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        child_requests, requests = context.Pipe(duplex=False)
+        replies, child_replies = context.Pipe(duplex=False)
+        process = context.Process(
+            target=_decoder_process_main,
+            args=(child_requests, child_replies),
+            name=f"pocketsphinx-{self.index}",
+            daemon=True,  # never outlives the agent, even if aclose is never called
+        )
+        try:
+            process.start()
+        except Exception as exc:
+            requests.close()
+            replies.close()
+            raise EngineError(f"could not start a local decoder process: {exc!r}") from exc
+        finally:
+            # Only the child holds these ends now: its death is EOF for our reader, ours is EOF for it.
+            child_requests.close()
+            child_replies.close()
+        self._process = process
+        self.pid = process.pid
+        self._threads = [
+            threading.Thread(target=self._write, args=(requests,), name=f"{process.name}-send", daemon=True),
+            threading.Thread(target=self._read, args=(replies,), name=f"{process.name}-recv", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def request(self, stream_id: int, op: str, arg: Any) -> asyncio.Future[_Reply]:
+        """Send a "feed" or "finish"; the future gets the reply, or EngineError if the process dies."""
+        if self.error is not None:
+            raise self.error
+        assert self._loop is not None, "ensure_started first"
+        self._next_request += 1
+        future: asyncio.Future[_Reply] = self._loop.create_future()
+        self._pending[self._next_request] = future
+        self._outbox.put((self._next_request, stream_id, op, arg))
+        return future
+
+    def notify(self, stream_id: int, op: str, arg: Any) -> None:
+        """Send an "open" or "close" (no reply)."""
+        if self.error is None and self.started:
+            self._outbox.put((0, stream_id, op, arg))
+
+    def _write(self, conn: Connection) -> None:
+        try:
+            while (item := self._outbox.get()) is not None:
+                conn.send(item)
+        except OSError:
+            pass  # the process is gone: the reader reports it
+        finally:
+            conn.close()  # EOF for the process: it exits
+
+    def _read(self, conn: Connection) -> None:
+        try:
+            while True:
+                reply: _Reply = conn.recv()
+                self._post(self._deliver, reply)
+        except (EOFError, OSError):
+            pass
+        finally:
+            conn.close()
+        if self._stopping or self._process is None:
+            return
+        self._process.join(1.0)
+        self._post(self._died, self._process.exitcode)
+
+    def _post(self, callback: Callable[[Any], None], arg: Any) -> None:
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(callback, arg)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more
+
+    def _deliver(self, reply: _Reply) -> None:
+        future = self._pending.pop(reply.request_id, None)
+        if future is not None and not future.done():
+            future.set_result(reply)
+
+    def _died(self, exit_code: int | None) -> None:
+        if self._stopping or self.error is not None:
+            return
+        self.error = EngineError(
+            f"local decoder process {self.pid} ({self._process.name if self._process else '?'}) died "
+            f"({_describe_exit(exit_code)}); its streams cannot go on"
+        )
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(self.error)
+                future.exception()  # retrieved: the stream may be closing and no longer awaiting it
+        self._on_death(self, self.error)
+
+    def stop_blocking(self, timeout: float) -> None:
+        """Ask the process to exit, wait up to ``timeout`` seconds, then kill it. Runs in a thread."""
+        self._stopping = True
+        self._outbox.put(None)
+        process = self._process
+        if process is not None:
+            process.join(timeout)
+            if process.is_alive():
+                logger.warning("local decoder process did not exit: killing it", extra={"pid": process.pid})
+                process.kill()
+                process.join(1.0)
+        for thread in self._threads:
+            thread.join(1.0)
+        if process is not None and process.exitcode is not None:
+            process.close()
+
+
+# -- the engine ---------------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class StreamStats:
     stream_id: int
@@ -303,14 +530,14 @@ class StreamStats:
     decoded_s: float  # audio the decoder has taken in
     backlog_s: float  # pushed and not yet decoded: <= max_pending_seconds + chunk_seconds (the chunk in hand)
     lag_s: float  # how long the oldest undecoded audio has waited (wall clock)
-    cpu_s: float  # thread CPU time spent decoding this stream
+    cpu_s: float  # CPU time its decoder process spent decoding this stream
     saturated: bool  # lag_s is above the engine's lag_warning_seconds
     saturation_events: int  # times this stream fell behind by more than that
 
 
 @dataclass(frozen=True, slots=True)
 class EngineStats:
-    workers: int
+    workers: int  # decoder processes
     streams: tuple[StreamStats, ...]  # open streams
     saturation_events: int  # since the engine started, closed streams included
     cpu_s: float  # decoding CPU time since the engine started, closed streams included
@@ -325,7 +552,7 @@ class EngineStats:
 
 
 class LocalEngine(SpeechEngine):
-    """PocketSphinx engine: a decoder per stream, decoding in a bounded thread pool shared by all streams."""
+    """PocketSphinx engine: a decoder per stream, in a pool of decoder processes shared by all streams."""
 
     name = "local"
 
@@ -334,7 +561,7 @@ class LocalEngine(SpeechEngine):
         *,
         model_path: str | None = None,
         language: str = "en-us",
-        decoder_threads: int = 2,
+        decoder_processes: int = 1,
         max_hmm_per_frame: int = 3000,
         fwdflat: bool = False,
         partial_interval: float = 0.4,
@@ -344,16 +571,17 @@ class LocalEngine(SpeechEngine):
         max_utterance_seconds: float = 15.0,
         pre_roll: float = 0.3,
         event_queue_size: int = 256,
+        stop_timeout: float = 3.0,
     ) -> None:
-        if decoder_threads < 1:
-            raise ValueError("decoder_threads must be at least 1")
+        if decoder_processes < 1:
+            raise ValueError("decoder_processes must be at least 1")
         if not 0.01 <= chunk_seconds <= max_pending_seconds:
             raise ValueError("need 0.01 <= chunk_seconds <= max_pending_seconds")
         if model_path is not None:
             _model_files(Path(model_path))  # fail now, not on a track's first push
         self.decoder_settings = DecoderSettings(model_path, max_hmm_per_frame, fwdflat)
         self.language = language
-        self.decoder_threads = decoder_threads
+        self.decoder_processes = decoder_processes
         self.partial_interval = partial_interval
         self.chunk_seconds = chunk_seconds
         self.max_pending_seconds = max_pending_seconds
@@ -361,7 +589,10 @@ class LocalEngine(SpeechEngine):
         self.max_utterance_seconds = max_utterance_seconds
         self.pre_roll = pre_roll
         self.event_queue_size = event_queue_size
-        self._executor = ThreadPoolExecutor(max_workers=decoder_threads, thread_name_prefix="pocketsphinx")
+        self.stop_timeout = stop_timeout
+        # Started lazily, on the first push of a stream pinned to them.
+        self._processes = [_DecoderProcess(i, self._process_died) for i in range(decoder_processes)]
+        self._dead: list[_DecoderProcess] = []  # replaced after dying; still to be joined
         self._streams: dict[int, LocalStream] = {}
         self._next_id = 0
         self._closed_saturations = 0
@@ -373,40 +604,63 @@ class LocalEngine(SpeechEngine):
         return cls(
             model_path=settings.local_model_path,
             language=settings.local_language,
-            decoder_threads=settings.local_decoder_threads,
+            decoder_processes=settings.local_decoder_processes,
         )
 
     def open_stream(self, options: StreamOptions) -> LocalStream:
         if self._closed:
             raise EngineError("the local engine is closed")
         self._next_id += 1
-        stream = LocalStream(self, self._next_id, options)
+        stream = LocalStream(self, self._next_id, options, self._pin(self._next_id))
         self._streams[stream.stream_id] = stream
         return stream
+
+    def _pin(self, stream_id: int) -> _DecoderProcess:
+        """The process with the fewest open streams (a dead one is replaced by a fresh one first)."""
+        for index, process in enumerate(self._processes):
+            if process.error is not None:
+                self._dead.append(process)
+                self._processes[index] = _DecoderProcess(index, self._process_died)
+        process = min(self._processes, key=lambda p: (len(p.stream_ids), p.index))
+        process.stream_ids.add(stream_id)
+        return process
 
     def stats(self) -> EngineStats:
         streams = tuple(s.stats() for s in self._streams.values())
         return EngineStats(
-            workers=self.decoder_threads,
+            workers=self.decoder_processes,
             streams=streams,
             saturation_events=self._closed_saturations + sum(s.saturation_events for s in streams),
             cpu_s=round(self._closed_cpu + sum(s.cpu_s for s in streams), 3),
         )
 
+    @property
+    def process_ids(self) -> tuple[int | None, ...]:
+        """The pid of each decoder process (None: not started yet)."""
+        return tuple(p.pid for p in self._processes)
+
     async def aclose(self) -> None:
         self._closed = True
         await asyncio.gather(*(s.aclose() for s in list(self._streams.values())), return_exceptions=True)
-        # Every stream has awaited its last pool call, so this returns at once.
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        processes = [p for p in (*self._processes, *self._dead) if p.started]
+        # A process still starting finishes starting (it cannot be interrupted), then stops.
+        await asyncio.gather(*(p.ensure_started() for p in processes), return_exceptions=True)
+        await asyncio.gather(
+            *(asyncio.to_thread(p.stop_blocking, self.stop_timeout) for p in processes),
+            return_exceptions=True,
+        )
+        self._dead.clear()
+
+    def _process_died(self, process: _DecoderProcess, error: EngineError) -> None:
+        for stream in list(self._streams.values()):
+            if stream.decoder_process is process:
+                stream._fail(error)
 
     def _stream_closed(self, stream: LocalStream) -> None:
         if self._streams.pop(stream.stream_id, None) is not None:
+            stream.decoder_process.stream_ids.discard(stream.stream_id)
             self._closed_saturations += stream.stats().saturation_events
             self._closed_cpu += stream.stats().cpu_s
-
-    @property
-    def executor(self) -> ThreadPoolExecutor:
-        return self._executor
 
 
 class _End:
@@ -417,23 +671,28 @@ class _End:
 
 
 class LocalStream(EngineStream):
-    def __init__(self, engine: LocalEngine, stream_id: int, options: StreamOptions) -> None:
+    def __init__(
+        self, engine: LocalEngine, stream_id: int, options: StreamOptions, process: _DecoderProcess
+    ) -> None:
         self._engine = engine
         self.stream_id = stream_id
+        self.decoder_process = process
         self._log: dict[str, str] = {**options.log_context, "engine": "local", "stream": str(stream_id)}
-        self._session = _DecodeSession(
-            engine.decoder_settings,
-            language=engine.language,
-            endpoint_window=min(2.0, max(0.15, options.endpointing)),
-            partial_interval=engine.partial_interval,
-            max_utterance_seconds=engine.max_utterance_seconds,
-            pre_roll=engine.pre_roll,
-        )
+        self._session_args: dict[str, Any] = {
+            "decoder_settings": engine.decoder_settings,
+            "language": engine.language,
+            "endpoint_window": min(2.0, max(0.15, options.endpointing)),
+            "partial_interval": engine.partial_interval,
+            "max_utterance_seconds": engine.max_utterance_seconds,
+            "pre_roll": engine.pre_roll,
+        }
+        self._opened = False  # the process holds our session
         self._chunk_bytes = int(engine.chunk_seconds * BYTES_PER_SECOND)
         self._max_pending = max(self._chunk_bytes, int(engine.max_pending_seconds * BYTES_PER_SECOND))
         self._pending = bytearray()
         self._pushed = 0
         self._taken = 0  # bytes handed to the decoder (taken out of _pending)
+        self._consumed = 0  # bytes the decoder has taken in, as of its last reply
         self._push_marks: deque[list[float]] = deque()  # [end byte offset, monotonic time of its push]
         self._flushes: deque[tuple[int, asyncio.Future[None]]] = deque()
         self._events: asyncio.Queue[EngineEvent | _End] = asyncio.Queue(maxsize=engine.event_queue_size)
@@ -446,7 +705,7 @@ class LocalStream(EngineStream):
         self._saturated = False
         self.saturation_events = 0
         self._last_pool_wait = 0.0
-        self._in_flight: Future[tuple[list[Hypothesis], float, float]] | None = None
+        self._in_flight: asyncio.Future[_Reply] | None = None
 
     # -- EngineStream -------------------------------------------------------------------------------------
 
@@ -456,7 +715,7 @@ class LocalStream(EngineStream):
             self._check_open()
             room = self._max_pending - len(self._pending)
             if room <= 0:
-                self._check_saturation()  # say so even while the pool has not yet answered
+                self._check_saturation()  # say so even while the decoder has not yet answered
                 self._space.clear()
                 self._start()
                 await self._space.wait()
@@ -486,8 +745,10 @@ class LocalStream(EngineStream):
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
         if self._in_flight is not None and not self._in_flight.done():
-            # A pool call cannot be interrupted: wait for it, so nothing touches the decoder after aclose.
-            await asyncio.gather(asyncio.wrap_future(self._in_flight), return_exceptions=True)
+            # A decoder call cannot be interrupted: wait for its reply (or the process's death).
+            await asyncio.gather(self._in_flight, return_exceptions=True)
+        if self._opened:
+            self.decoder_process.notify(self.stream_id, "close", None)
         for _, done in self._flushes:
             if not done.done():
                 done.set_exception(EngineError("stream closed before its flush completed"))
@@ -513,20 +774,18 @@ class LocalStream(EngineStream):
 
     def lag_s(self, now: float | None = None) -> float:
         """Wall time the oldest undecoded audio has been waiting (0 when none waits)."""
-        consumed = self._session.consumed_bytes
         for end, pushed_at in self._push_marks:
-            if end > consumed:
+            if end > self._consumed:
                 return max(0.0, (time.monotonic() if now is None else now) - pushed_at)
         return 0.0
 
     def stats(self) -> StreamStats:
-        decoded = self._session.consumed_bytes
         return StreamStats(
             stream_id=self.stream_id,
             log_context=dict(self._log),
             pushed_s=round(self._pushed / BYTES_PER_SECOND, 3),
-            decoded_s=round(decoded / BYTES_PER_SECOND, 3),
-            backlog_s=round((self._pushed - decoded) / BYTES_PER_SECOND, 3),
+            decoded_s=round(self._consumed / BYTES_PER_SECOND, 3),
+            backlog_s=round((self._pushed - self._consumed) / BYTES_PER_SECOND, 3),
             lag_s=round(self.lag_s(), 3),
             cpu_s=round(self._cpu, 3),
             saturated=self._saturated,
@@ -559,16 +818,16 @@ class LocalStream(EngineStream):
     async def _run(self) -> None:
         gathered = False
         try:
-            while True:
+            while self._error is None:
                 if self._flushes and self._taken >= self._flushes[0][0]:
-                    await self._emit(await self._call(self._session.finish))
+                    await self._emit(await self._call("finish", None))
                     _, done = self._flushes.popleft()  # popped only now: if finish fails, flush raises
                     if not done.done():
                         done.set_result(None)
                     continue
                 if self._pending:
                     if not gathered and not self._flushes and len(self._pending) < self._chunk_bytes // 2:
-                        # Pushes of 10 ms: let a few gather, for fewer and larger pool calls (+<=50 ms).
+                        # Pushes of 10 ms: let a few gather, for fewer and larger decoder calls (+<=50 ms).
                         gathered = True
                         await asyncio.sleep(_GATHER_SECONDS)
                         continue
@@ -580,8 +839,8 @@ class LocalStream(EngineStream):
                     del self._pending[:size]
                     self._taken += size
                     self._space.set()
-                    await self._emit(await self._call(self._session.feed, chunk))
-                    self._forget_marks(self._session.consumed_bytes)
+                    await self._emit(await self._call("feed", chunk))
+                    self._forget_marks(self._consumed)
                     self._check_saturation()
                     continue
                 self._wake.clear()
@@ -589,35 +848,47 @@ class LocalStream(EngineStream):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            error = exc if isinstance(exc, EngineError) else EngineError(f"pocketsphinx failed: {exc!r}")
-            logger.exception("local speech engine failed", extra=self._log)
-            self._error = error
-            self._space.set()
-            for _, done in self._flushes:
-                if not done.done():
-                    done.set_exception(error)
-                    done.exception()
-            self._flushes.clear()
-            self._put_end_nowait(_End(error))
+            if isinstance(exc, EngineError):
+                self._fail(exc)
+            else:
+                self._fail(EngineError(f"local speech engine failed: {exc!r}"), exc_info=exc)
 
-    async def _call(self, fn: Any, *args: Any) -> list[Hypothesis]:
+    async def _call(self, op: str, arg: Any) -> list[Hypothesis]:
+        """One "feed" or "finish" in the stream's decoder process; the loop only waits for the reply."""
+        process = self.decoder_process
+        if not self._opened:
+            await process.ensure_started()
+            process.notify(self.stream_id, "open", self._session_args)
+            self._opened = True
         submitted = time.monotonic()
-
-        def timed() -> tuple[list[Hypothesis], float, float]:
-            started = time.monotonic()
-            cpu = time.thread_time()
-            result: list[Hypothesis] = fn(*args)
-            return result, started, time.thread_time() - cpu
-
-        self._in_flight = self._engine.executor.submit(timed)
-        result, started, cpu = await asyncio.wrap_future(self._in_flight)
-        self._cpu += cpu
-        self._last_pool_wait = started - submitted
-        return result
+        self._in_flight = process.request(self.stream_id, op, arg)
+        # Shielded: aclose cancels this task, then awaits the reply itself.
+        reply = await asyncio.shield(self._in_flight)
+        self._consumed = reply.consumed_bytes
+        self._cpu += reply.cpu_s
+        self._last_pool_wait = max(0.0, reply.started - submitted)
+        if reply.error is not None:
+            raise EngineError(reply.error)
+        return reply.hypotheses
 
     async def _emit(self, hypotheses: list[Hypothesis]) -> None:
         for hypothesis in hypotheses:
             await self._events.put(hypothesis)
+
+    def _fail(self, error: EngineError, exc_info: BaseException | None = None) -> None:
+        """The stream cannot go on: one error line, push/flush raise, `events()` raises after what it has."""
+        if self._error is not None or self._closed:
+            return
+        self._error = error
+        logger.error("local speech engine failed: %s", error, extra=self._log, exc_info=exc_info)
+        self._space.set()
+        self._wake.set()
+        for _, done in self._flushes:
+            if not done.done():
+                done.set_exception(error)
+                done.exception()
+        self._flushes.clear()
+        self._put_end_nowait(_End(error))
 
     def _check_saturation(self) -> None:
         lag = self.lag_s()
@@ -630,10 +901,11 @@ class LocalStream(EngineStream):
                 extra={
                     **self._log,
                     "lag_s": round(lag, 2),
-                    "backlog_s": round((self._pushed - self._session.consumed_bytes) / BYTES_PER_SECOND, 2),
+                    "backlog_s": round((self._pushed - self._consumed) / BYTES_PER_SECOND, 2),
                     "pool_wait_s": round(self._last_pool_wait, 3),
                     "open_streams": len(self._engine._streams),
-                    "workers": self._engine.decoder_threads,
+                    "streams_on_process": len(self.decoder_process.stream_ids),
+                    "workers": self._engine.decoder_processes,
                 },
             )
         elif self._saturated and lag < threshold / 2:
