@@ -54,6 +54,10 @@ class Participant:
             if c.final and c.channel == channel and (speaker is None or c.speaker == speaker)
         ]
 
+    def has_finals(self, speaker: str, *channels: str) -> bool:
+        """This participant has received finals of `speaker` on every one of `channels`."""
+        return all(self.finals(channel, speaker) for channel in channels)
+
     def partials(self, channel: str, speaker: str | None = None) -> list[Caption]:
         return [
             c

@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import wave
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -35,7 +36,8 @@ def _envelope(samples: np.ndarray, rate: int) -> np.ndarray:
     frame = rate // 50
     usable = len(samples) // frame * frame
     frames = samples[:usable].astype(np.float64).reshape(-1, frame)
-    return np.sqrt((frames**2).mean(axis=1))
+    envelope: np.ndarray = np.sqrt((frames**2).mean(axis=1))
+    return envelope
 
 
 def _envelope_correlation(received: np.ndarray, reference: np.ndarray, max_lag_frames: int = 100) -> float:
@@ -86,11 +88,7 @@ async def test_two_speakers_are_captioned_live_stored_once_and_exported_in_order
     await asyncio.gather(unpublish_all(alice), unpublish_all(bob))  # ends each track: the agent flushes
     for speaker in (alice, bob):
         await carol.wait_for(
-            lambda s=speaker: (
-                bool(carol.finals("data", s.identity)) and bool(carol.finals("stream", s.identity))
-            ),
-            20,
-            f"finals of {speaker.identity}",
+            partial(carol.has_finals, speaker.identity, "data", "stream"), 20, f"finals of {speaker.identity}"
         )
     await asyncio.sleep(1.0)  # the last finals of both tracks
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime
+from functools import partial
 
 import aiohttp
 import pytest
@@ -41,22 +42,21 @@ async def test_captions_resume_for_every_track_after_the_livekit_server_restarts
     try:
         for speaker in (alice, bob):
             await listener.wait_for(
-                lambda s=speaker: bool(listener.finals("data", s.identity)),
-                15,
+                partial(listener.has_finals, speaker.identity, "data"),
+                30,
                 f"first finals of {speaker.identity}",
             )
         jobs_before = agent_worker.log_text().count("job accepted")
         await livekit_server.restart()
         restarted_at = datetime.now(UTC).isoformat()
 
-        def spoken_after_restart(identity: str) -> int:
-            return sum(
-                1 for c in listener.finals("data", identity) if c.start is not None and c.start > restarted_at
-            )
+        def two_finals_spoken_after_restart(identity: str) -> bool:
+            finals = listener.finals("data", identity)
+            return sum(1 for c in finals if c.start is not None and c.start > restarted_at) >= 2
 
         for speaker in (alice, bob):
             await listener.wait_for(
-                lambda s=speaker: spoken_after_restart(s.identity) >= 2,
+                partial(two_finals_spoken_after_restart, speaker.identity),
                 30,
                 f"captions of speech {speaker.identity} spoke after the restart",
             )
