@@ -107,6 +107,16 @@ async def hand_over(ctx: JobContext) -> None:
     logger.info("room handed over to another worker", extra={"room": room, "job": ctx.job.id})
 
 
+def room_load(server: AgentServer) -> float:
+    """The worker's load as LiveKit sees it: the share of its room budget in use.
+
+    Not the machine's CPU (livekit-agents' default): LiveKit gives no room to a worker that reports a
+    load of 1.0, and on a busy machine (other processes, a short burst) CPU says nothing of whether this
+    mostly network-bound worker can take another room; a dispatch refused that way is not offered again.
+    """
+    return min(len(server.active_jobs) / get_settings().agent_max_rooms, 1.0)
+
+
 def build_server(settings: Settings) -> AgentServer:
     server = AgentServer(
         permissions=WorkerPermissions(
@@ -120,7 +130,8 @@ def build_server(settings: Settings) -> AgentServer:
         api_key=settings.livekit_api_key,
         api_secret=settings.livekit_api_secret.get_secret_value(),
         port=settings.agent_http_port,
-        load_threshold=settings.agent_load_threshold,
+        load_fnc=room_load,
+        load_threshold=1.0,  # full at AGENT_MAX_ROOMS
         # On SIGTERM, stop taking rooms and shut jobs down at once (each flushes its open utterances);
         # waiting for meetings to end could take hours.
         drain_timeout=1,

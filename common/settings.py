@@ -24,10 +24,10 @@ class Settings(BaseSettings):
     # Agent name used for explicit dispatch: the API dispatches this agent to each room it creates.
     agent_name: str = "roomscribe-transcriber"
 
-    # Agent worker: health/status HTTP port (0 = any free port), the CPU load at which it takes no new
-    # rooms, and how long it waits for an engine's finals when a track ends or the worker stops.
+    # Agent worker: health/status HTTP port (0 = any free port), how many rooms one worker serves at
+    # most, and how long it waits for an engine's finals when a track ends or the worker stops.
     agent_http_port: int = 8081
-    agent_load_threshold: float = 0.75
+    agent_max_rooms: int = Field(default=50, ge=1)
     agent_flush_timeout: float = 5.0
 
     # Postgres

@@ -306,7 +306,6 @@ def agent_env(settings: Settings, **overrides: str) -> dict[str, str]:
         DATABASE_URL=settings.database_url,
         AGENT_NAME=settings.agent_name,
         AGENT_HTTP_PORT="0",
-        AGENT_LOAD_THRESHOLD="inf",  # never refuse a room for CPU load: a loaded CI machine is no signal
         LOG_LEVEL="INFO",
     )
     env.update(overrides)

@@ -9,13 +9,11 @@ import asyncio
 import contextlib
 import re
 import time
-from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from livekit import api as lkapi
-from livekit.agents.utils.hw import get_cpu_monitor
 from playwright.async_api import Browser, BrowserContext, Locator, Page, async_playwright, expect
 from playwright.async_api import TimeoutError as PlaywrightTimeoutError
 
@@ -83,26 +81,6 @@ async def browser(chromium: Path, fixtures_dir: Path) -> AsyncIterator[Browser]:
         await browser.close()
 
 
-async def wait_for_agent_capacity(within: float = 30) -> None:
-    """Wait until the machine's CPU, averaged over 2.5 s as the agent worker averages it, has stayed under
-    90 % for the last 5 s.
-
-    The worker reports that average to LiveKit as its load every 2.5 s, and LiveKit gives a room's job
-    only to a worker whose last reported load is under 1.0; a dispatch that finds none is not offered
-    again, so that session would never get a transcriber. A browser and a worker that are just starting
-    can fill both cores of a small machine for a few seconds: the session is created once they have
-    settled. Returns after `within` seconds whatever the load.
-    """
-    monitor = get_cpu_monitor()
-    samples: deque[float] = deque(maxlen=10)  # 0.5 s each
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        samples.append(await asyncio.to_thread(monitor.cpu_percent, 0.5))
-        window = list(samples)
-        if len(window) == samples.maxlen and all(sum(window[i : i + 5]) / 5 < 0.9 for i in range(6)):
-            return
-
-
 async def new_page(browser: Browser, contexts: list[BrowserContext], problems: list[str]) -> Page:
     """A page in a browser context of its own (its own storage: another person), collecting page errors."""
     context = await browser.new_context(viewport={"width": 1100, "height": 760})
@@ -137,9 +115,8 @@ async def wait_for_transcriber(livekit_server: LiveKitServer, room: str, within:
                 return
             await asyncio.sleep(0.2)
     raise AssertionError(
-        f"no transcriber joined room {room} within {within} s: the worker's last reported load was probably"
-        " 1.0 (a saturated CPU) when the room was created, and LiveKit does not offer a declined dispatch"
-        " again; see test-artifacts/livekit.log ('no servers available')"
+        f"no transcriber joined room {room} within {within} s; see the agent worker's and LiveKit's logs"
+        " in test-artifacts/"
     )
 
 
@@ -170,7 +147,6 @@ async def test_page_shows_live_captions_to_everyone_across_a_reconnect_and_the_t
         ada = await new_page(browser, contexts, problems)
         await ada.goto(f"{local_api_url}/")
         await ada.get_by_label("Title").fill("Browser test")
-        await wait_for_agent_capacity()
         await ada.get_by_role("button", name="Create session").click()
         await expect(ada).to_have_url(re.compile(r"/s/[A-Za-z0-9_-]+$"))
         session_url = ada.url
