@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import numpy as np
 from livekit import rtc
 
@@ -77,6 +78,37 @@ class Participant:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def create_session(
+    http: aiohttp.ClientSession, api_url: str, title: str, headers: dict[str, str] | None = None
+) -> str:
+    """Create a session through the API; its slug (the LiveKit room's name)."""
+    async with http.post(f"{api_url}/api/sessions", json={"title": title}, headers=headers or {}) as response:
+        assert response.status == 201, await response.text()
+        return str((await response.json())["slug"])
+
+
+@dataclass(frozen=True)
+class StoredSegment:
+    segment_key: str
+    identity: str
+    text: str
+
+
+async def stored_segments(database_url: str, slug: str) -> list[StoredSegment]:
+    """The session's transcript rows, as Postgres has them."""
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch(
+            """SELECT s.segment_key, p.identity, s.text FROM transcript_segments s
+               JOIN participants p ON p.id = s.participant_id
+               JOIN sessions ses ON ses.id = s.session_id WHERE ses.slug = $1""",
+            slug,
+        )
+    finally:
+        await connection.close()
+    return [StoredSegment(row["segment_key"], row["identity"], row["text"]) for row in rows]
 
 
 async def join(

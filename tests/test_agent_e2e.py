@@ -10,14 +10,20 @@ from functools import partial
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 import numpy as np
 from livekit import api as lkapi
 from scipy.signal import resample_poly
 
 from tests.conftest import AgentWorker, LiveKitServer
 from tests.fakes.gladia_fake import GladiaFake
-from tests.livekit_helpers import join, publish_speech, read_wav, unpublish_all
+from tests.livekit_helpers import (
+    create_session,
+    join,
+    publish_speech,
+    read_wav,
+    stored_segments,
+    unpublish_all,
+)
 
 SPEECH_SECONDS = 15.0
 
@@ -40,24 +46,22 @@ def _envelope(samples: np.ndarray, rate: int) -> np.ndarray:
     return envelope
 
 
-def _envelope_correlation(received: np.ndarray, reference: np.ndarray, max_lag_frames: int = 100) -> float:
-    """Peak Pearson correlation of the two 16 kHz signals' envelopes, over lags of up to ±2 s."""
-    a, b = _envelope(received, 16000), _envelope(reference, 16000)
-    best = -1.0
-    for lag in range(-max_lag_frames, max_lag_frames + 1):
-        x, y = (a[lag:], b) if lag >= 0 else (a, b[-lag:])
-        n = min(len(x), len(y))
-        if n > 50:
-            best = max(best, float(np.corrcoef(x[:n], y[:n])[0, 1]))
-    return best
-
-
-async def _create_session(
-    http: aiohttp.ClientSession, api_url: str, headers: dict[str, str], title: str
-) -> str:
-    async with http.post(f"{api_url}/api/sessions", json={"title": title}, headers=headers) as response:
-        assert response.status == 201, await response.text()
-        return str((await response.json())["slug"])
+def _envelope_correlation(received: np.ndarray, reference: np.ndarray) -> float:
+    """Median over 3 s windows of the reference of the best Pearson correlation of the 16 kHz signals'
+    envelopes, each window at its own lag of up to ±1 s: robust to frames delivered unevenly by a
+    loaded machine, and low (0.2-0.35 measured) when the audio is another speaker's."""
+    got, want = _envelope(received, 16000), _envelope(reference, 16000)
+    window, max_lag = 150, 50  # in 20 ms envelope frames
+    scores = []
+    for start in range(0, len(want) - window + 1, window):
+        target = want[start : start + window]
+        best = -1.0
+        for lag in range(-max_lag, max_lag + 1):
+            candidate = got[start + lag : start + lag + window]
+            if start + lag >= 0 and len(candidate) == window and candidate.std() > 0 and target.std() > 0:
+                best = max(best, float(np.corrcoef(candidate, target)[0, 1]))
+        scores.append(best)
+    return float(np.median(scores))
 
 
 async def test_two_speakers_are_captioned_live_stored_once_and_exported_in_order(
@@ -70,7 +74,7 @@ async def test_two_speakers_are_captioned_live_stored_once_and_exported_in_order
     database_url: str,
     artifacts: Path,
 ) -> None:
-    slug = await _create_session(http, api_url, admin_headers, "Two speakers")
+    slug = await create_session(http, api_url, "Two speakers", admin_headers)
     alice = await join(http, api_url, slug, "Alice", listen=False)
     bob = await join(http, api_url, slug, "Bob", listen=False)
     carol = await join(http, api_url, slug, "Carol")
@@ -120,20 +124,11 @@ async def test_two_speakers_are_captioned_live_stored_once_and_exported_in_order
         assert correlation > 0.8, (sid, correlation)
 
     # Postgres: every final once.
-    connection = await asyncpg.connect(database_url)
-    try:
-        rows = await connection.fetch(
-            """SELECT s.segment_key, p.identity FROM transcript_segments s
-               JOIN participants p ON p.id = s.participant_id
-               JOIN sessions ses ON ses.id = s.session_id WHERE ses.slug = $1""",
-            slug,
-        )
-    finally:
-        await connection.close()
-    keys = Counter(row["segment_key"] for row in rows)
+    rows = await stored_segments(database_url, slug)
+    keys = Counter(row.segment_key for row in rows)
     assert keys and max(keys.values()) == 1
     assert set(keys) == set(data_finals)
-    assert {row["identity"] for row in rows} == {alice.identity, bob.identity}
+    assert {row.identity for row in rows} == {alice.identity, bob.identity}
 
     # The export interleaves the two speakers in spoken order.
     async with http.get(f"{api_url}/api/sessions/{slug}/transcript", params={"format": "json"}) as response:

@@ -8,35 +8,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
-import asyncpg
 from livekit import api as lkapi
 
 from agent.worker import TRANSCRIBER_IDENTITY
 from common.dispatch import UNASSIGNED_GRACE_S
 from tests.conftest import AgentWorker, LiveKitServer
-from tests.livekit_helpers import Participant, join, publish_speech, read_wav, unpublish_all
+from tests.livekit_helpers import (
+    Participant,
+    create_session,
+    join,
+    publish_speech,
+    read_wav,
+    stored_segments,
+    unpublish_all,
+)
 from tests.tcp_proxy import TcpProxy
 
 
-async def _create_session(
-    http: aiohttp.ClientSession, api_url: str, headers: dict[str, str], title: str
-) -> str:
-    async with http.post(f"{api_url}/api/sessions", json={"title": title}, headers=headers) as response:
-        assert response.status == 201, await response.text()
-        return str((await response.json())["slug"])
-
-
-async def _stored_segments(database_url: str, slug: str) -> Counter[str]:
-    connection = await asyncpg.connect(database_url)
-    try:
-        rows = await connection.fetch(
-            """SELECT s.segment_key FROM transcript_segments s
-               JOIN sessions ses ON ses.id = s.session_id WHERE ses.slug = $1""",
-            slug,
-        )
-    finally:
-        await connection.close()
-    return Counter(row["segment_key"] for row in rows)
+async def _stored_keys(database_url: str, slug: str) -> Counter[str]:
+    return Counter(row.segment_key for row in await stored_segments(database_url, slug))
 
 
 async def _speaker_and_listener(
@@ -56,7 +46,7 @@ async def test_captions_continue_while_the_database_is_unreachable_and_every_fin
     database_proxy: TcpProxy,
     database_url: str,
 ) -> None:
-    slug = await _create_session(http, api_url, admin_headers, "Database outage")
+    slug = await create_session(http, api_url, "Database outage", admin_headers)
     speaker, listener = await _speaker_and_listener(http, api_url, slug)
     samples, rate = read_wav("two_cities_48k.wav")
     database_proxy.cut()
@@ -75,7 +65,7 @@ async def test_captions_continue_while_the_database_is_unreachable_and_every_fin
     assert finals_during_outage >= 3, "captions stopped while the database was unreachable"
     stored: Counter[str] = Counter()
     for _ in range(100):
-        stored = await _stored_segments(database_url, slug)
+        stored = await _stored_keys(database_url, slug)
         if set(stored) >= set(published):
             break
         await asyncio.sleep(0.2)
@@ -94,7 +84,7 @@ async def test_a_room_dispatched_twice_gets_exactly_one_hidden_transcriber(
     agent_worker: AgentWorker,
     livekit_server: LiveKitServer,
 ) -> None:
-    slug = await _create_session(http, api_url, admin_headers, "Dispatched twice")
+    slug = await create_session(http, api_url, "Dispatched twice", admin_headers)
     async with livekit_server.api() as livekit:
         await livekit.agent_dispatch.create_dispatch(
             lkapi.CreateAgentDispatchRequest(agent_name="roomscribe-transcriber", room=slug)
@@ -129,7 +119,7 @@ async def test_sigterm_mid_sentence_publishes_and_stores_that_utterance_before_e
     agent_worker: AgentWorker,
     database_url: str,
 ) -> None:
-    slug = await _create_session(http, api_url, admin_headers, "Deploy mid-sentence")
+    slug = await create_session(http, api_url, "Deploy mid-sentence", admin_headers)
     speaker, listener = await _speaker_and_listener(http, api_url, slug)
     samples, rate = read_wav("two_cities_48k.wav")
     speaking = asyncio.create_task(publish_speech(speaker, samples[: 20 * rate], rate))
@@ -146,7 +136,7 @@ async def test_sigterm_mid_sentence_publishes_and_stores_that_utterance_before_e
         assert exit_code == 0, agent_worker.log_text()[-3000:]
         assert in_progress in {c.segment_id for c in listener.finals("data", speaker.identity)}
         assert in_progress in {c.segment_id for c in listener.finals("stream", speaker.identity)}
-        stored = await _stored_segments(database_url, slug)
+        stored = await _stored_keys(database_url, slug)
         assert stored[in_progress] == 1
     finally:
         speaking.cancel()
@@ -170,7 +160,7 @@ async def test_a_room_whose_dispatch_found_no_worker_gets_a_transcriber_when_som
 
     assert await agent_worker.stop() == 0
     try:
-        slug = await _create_session(http, api_url, admin_headers, "No worker at creation")
+        slug = await create_session(http, api_url, "No worker at creation", admin_headers)
         await asyncio.sleep(UNASSIGNED_GRACE_S + 1)  # the dispatch's one offer found no worker
     finally:
         await agent_worker.start()
@@ -198,7 +188,7 @@ async def test_a_rolling_deploy_hands_the_room_to_another_worker_and_captions_go
 ) -> None:
     second = AgentWorker(env=agent_worker.env, log=artifacts / f"agent-worker-second-{id(agent_worker)}.log")
     await second.start()
-    slug = await _create_session(http, api_url, admin_headers, "Rolling deploy")
+    slug = await create_session(http, api_url, "Rolling deploy", admin_headers)
     speaker, listener = await _speaker_and_listener(http, api_url, slug)
     samples, rate = read_wav("two_cities_48k.wav")
     speaking = asyncio.create_task(publish_speech(speaker, samples[: 28 * rate], rate))

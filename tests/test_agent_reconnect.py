@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import AgentWorker, LiveKitServer
-from tests.livekit_helpers import join, publish_speech, read_wav
+from tests.livekit_helpers import create_session, join, publish_speech, read_wav
 
 
 @pytest.mark.restarts_livekit
@@ -22,11 +22,7 @@ async def test_captions_resume_for_every_track_after_the_livekit_server_restarts
     agent_worker: AgentWorker,
     livekit_server: LiveKitServer,
 ) -> None:
-    async with http.post(
-        f"{api_url}/api/sessions", json={"title": "Reconnect"}, headers=admin_headers
-    ) as response:
-        assert response.status == 201, await response.text()
-        slug = (await response.json())["slug"]
+    slug = await create_session(http, api_url, "Reconnect", admin_headers)
     alice = await join(http, api_url, slug, "Alice", listen=False)
     bob = await join(http, api_url, slug, "Bob", listen=False)
     listener = await join(http, api_url, slug, "Listener")
