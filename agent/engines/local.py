@@ -405,8 +405,12 @@ class _DecoderProcess:
         if self._starting is None:
             self._loop = asyncio.get_running_loop()
             self._starting = asyncio.ensure_future(asyncio.to_thread(self._start_blocking))
-        # Shielded: a stream closing while the process starts must not abandon the start half-way.
-        await asyncio.shield(self._starting)
+        try:
+            # Shielded: a stream closing while the process starts must not abandon the start half-way.
+            await asyncio.shield(self._starting)
+        except EngineError as exc:
+            self.error = exc  # the engine pins new streams to a fresh process instead
+            raise
 
     def _start_blocking(self) -> None:
         context = multiprocessing.get_context("spawn")
