@@ -56,6 +56,8 @@ async def dispatch_again_if_unserved(app: web.Application, room: str) -> None:
     settings, livekit = app[SETTINGS], app[LIVEKIT]
     try:
         dispatches = await livekit.agent_dispatch.list_dispatch(room_name=room)
+        if not any(d.agent_name == settings.agent_name for d in dispatches):
+            return  # not a room this API dispatched its agent to (another deployment's, or none)
         if live_dispatches(dispatches, settings.agent_name):
             return
         session = await queries.get_session_by_slug(app[POOL], room)

@@ -292,6 +292,15 @@ class AgentWorker:
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")
 
+    async def wait_for_log(self, *fragments: str, count: int = 1, within: float = 60) -> None:
+        """Wait until `count` log lines contain every one of `fragments`."""
+        for _ in range(int(within * 10)):
+            lines = self.log_text().splitlines()
+            if sum(1 for line in lines if all(fragment in line for fragment in fragments)) >= count:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the agent worker did not log {fragments!r} {count} time(s) within {within} s")
+
 
 def agent_env(settings: Settings, **overrides: str) -> dict[str, str]:
     env = {

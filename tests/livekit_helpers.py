@@ -111,6 +111,20 @@ async def stored_segments(database_url: str, slug: str) -> list[StoredSegment]:
     return [StoredSegment(row["segment_key"], row["identity"], row["text"]) for row in rows]
 
 
+async def stored_segments_once_written(
+    database_url: str, slug: str, keys: set[str], within: float = 10
+) -> list[StoredSegment]:
+    """The session's rows once every key in `keys` is stored (the agent's store writes in the background);
+    the rows as they are after `within` seconds otherwise."""
+    rows: list[StoredSegment] = []
+    for _ in range(int(within / 0.2)):
+        rows = await stored_segments(database_url, slug)
+        if keys <= {row.segment_key for row in rows}:
+            break
+        await asyncio.sleep(0.2)
+    return rows
+
+
 async def join(
     http: aiohttp.ClientSession, api_url: str, slug: str, name: str, *, listen: bool = True
 ) -> Participant:

@@ -21,7 +21,7 @@ from tests.livekit_helpers import (
     join,
     publish_speech,
     read_wav,
-    stored_segments,
+    stored_segments_once_written,
     unpublish_all,
 )
 
@@ -90,11 +90,11 @@ async def test_two_speakers_are_captioned_live_stored_once_and_exported_in_order
         publish_speech(alice, two_cities, two_cities_rate), publish_speech(bob, endgame, endgame_rate)
     )
     await asyncio.gather(unpublish_all(alice), unpublish_all(bob))  # ends each track: the agent flushes
+    await agent_worker.wait_for_log("pipeline stopped", slug, count=2)  # logged after the last publish
     for speaker in (alice, bob):
         await carol.wait_for(
-            partial(carol.has_finals, speaker.identity, "data", "stream"), 20, f"finals of {speaker.identity}"
+            partial(carol.has_finals, speaker.identity, "data", "stream"), 5, f"finals of {speaker.identity}"
         )
-    await asyncio.sleep(1.0)  # the last finals of both tracks
 
     # Captions: partials and finals of both speakers, on both channels, attributed to the right identity.
     for speaker, sid in ((alice, alice_sid), (bob, bob_sid)):
@@ -124,7 +124,7 @@ async def test_two_speakers_are_captioned_live_stored_once_and_exported_in_order
         assert correlation > 0.8, (sid, correlation)
 
     # Postgres: every final once.
-    rows = await stored_segments(database_url, slug)
+    rows = await stored_segments_once_written(database_url, slug, set(data_finals))
     keys = Counter(row.segment_key for row in rows)
     assert keys and max(keys.values()) == 1
     assert set(keys) == set(data_finals)

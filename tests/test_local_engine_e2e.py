@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import aiohttp
 
 from tests.conftest import AgentWorker
@@ -12,7 +10,7 @@ from tests.livekit_helpers import (
     join,
     publish_speech,
     read_wav,
-    stored_segments,
+    stored_segments_once_written,
     unpublish_all,
 )
 
@@ -29,8 +27,9 @@ async def test_offline_engine_captions_a_speaker_live_and_stores_the_finals(
     samples, rate = read_wav("two_cities_48k.wav")
     await publish_speech(speaker, samples[: 12 * rate], rate)
     await unpublish_all(speaker)
-    await listener.wait_for(lambda: bool(listener.finals("data", speaker.identity)), 30, "a final")
-    await asyncio.sleep(2)
+    # The pipeline logs "pipeline stopped" once the engine's last final is published and queued for storage.
+    await local_agent_worker.wait_for_log("pipeline stopped", slug)
+    await listener.wait_for(lambda: bool(listener.finals("data", speaker.identity)), 5, "a final")
 
     for channel in ("data", "stream"):
         assert listener.partials(channel, speaker.identity), channel
@@ -40,7 +39,7 @@ async def test_offline_engine_captions_a_speaker_live_and_stores_the_finals(
     assert len(heard) >= 3, final_text
 
     published = {c.segment_id: c.text for c in listener.finals("data", speaker.identity)}
-    rows = await stored_segments(database_url, slug)
+    rows = await stored_segments_once_written(database_url, slug, set(published))
     assert {row.segment_key: row.text for row in rows} == published
     await speaker.leave()
     await listener.leave()
