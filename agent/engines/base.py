@@ -9,6 +9,7 @@ to wall-clock time.
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -58,6 +59,50 @@ EngineEvent = Hypothesis | AudioGap
 
 class EngineError(Exception):
     """The stream cannot go on (e.g. the engine refused our credentials). Raised from `events()`."""
+
+
+@dataclass(frozen=True, slots=True)
+class _End:
+    error: EngineError | None
+
+
+class EventChannel:
+    """A stream's bounded queue of events for its one reader, ended once.
+
+    `put` waits while the reader is behind (backpressure, never a drop). `end` never waits and never
+    drops: if the queue is full, the end is delivered after the events already queued. Events put after
+    the end are ignored.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self._queue: asyncio.Queue[EngineEvent | _End] = asyncio.Queue(maxsize)
+        self._ended = False
+        self._end_after_queue: _End | None = None
+
+    async def put(self, event: EngineEvent) -> None:
+        if not self._ended:
+            await self._queue.put(event)
+
+    def end(self, error: EngineError | None = None) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        try:
+            self._queue.put_nowait(_End(error))
+        except asyncio.QueueFull:
+            self._end_after_queue = _End(error)
+
+    async def __aiter__(self) -> AsyncIterator[EngineEvent]:
+        while True:
+            if self._queue.empty() and self._end_after_queue is not None:
+                item: EngineEvent | _End = self._end_after_queue
+            else:
+                item = await self._queue.get()
+            if isinstance(item, _End):
+                if item.error is not None:
+                    raise item.error
+                return
+            yield item
 
 
 @dataclass(frozen=True, slots=True)

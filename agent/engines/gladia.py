@@ -45,6 +45,7 @@ from agent.engines.base import (
     EngineError,
     EngineEvent,
     EngineStream,
+    EventChannel,
     Hypothesis,
     SpeechEngine,
     StreamOptions,
@@ -243,11 +244,6 @@ class _Session:
         return round(self.to_stream_bytes(seconds * BYTES_PER_SECOND) / BYTES_PER_SECOND, 3)
 
 
-class _End:
-    def __init__(self, error: EngineError | None = None) -> None:
-        self.error = error
-
-
 class GladiaStream(EngineStream):
     def __init__(self, engine: GladiaEngine, options: StreamOptions, stream_id: int) -> None:
         self._engine = engine
@@ -255,7 +251,7 @@ class GladiaStream(EngineStream):
         self._options = options
         self._log: dict[str, Any] = {k: str(v) for k, v in options.log_context.items()}
         self.stream_id = stream_id
-        self._events: asyncio.Queue[EngineEvent | _End] = asyncio.Queue(self._t.event_queue_size)
+        self._events = EventChannel(self._t.event_queue_size)
         self._units: deque[_Unit] = deque()
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
@@ -320,17 +316,11 @@ class GladiaStream(EngineStream):
         for unit in self._units:
             _settle(unit.waiters, None)
         self._units.clear()
-        self._put_end_nowait(_End(self._error))
+        self._events.end(self._error)
         self._engine._stream_closed(self)
 
-    async def events(self) -> AsyncIterator[EngineEvent]:
-        while True:
-            item = await self._events.get()
-            if isinstance(item, _End):
-                if item.error is not None:
-                    raise item.error
-                return
-            yield item
+    def events(self) -> AsyncIterator[EngineEvent]:
+        return aiter(self._events)
 
     # -- push side ----------------------------------------------------------------------------------------
 
@@ -457,7 +447,7 @@ class GladiaStream(EngineStream):
             self._space.set()
             for unit in self._units:
                 _settle(unit.waiters, error)
-            self._put_end_nowait(_End(error))
+            self._events.end(error)
 
     async def _serve_unit(self, unit: _Unit) -> None:
         session: _Session | None = None
@@ -862,15 +852,6 @@ class GladiaStream(EngineStream):
         if is_final:
             session.final_ids.add(gladia_id)
         self._pending.append(hypothesis)
-
-    def _put_end_nowait(self, item: EngineEvent | _End) -> None:
-        """Must get through even if nobody reads: make room by dropping the oldest events."""
-        while True:
-            try:
-                self._events.put_nowait(item)
-                return
-            except asyncio.QueueFull:
-                self._events.get_nowait()
 
 
 class _Retry(Exception):

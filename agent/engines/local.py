@@ -48,6 +48,7 @@ from agent.engines.base import (
     EngineError,
     EngineEvent,
     EngineStream,
+    EventChannel,
     Hypothesis,
     SpeechEngine,
     StreamOptions,
@@ -667,13 +668,6 @@ class LocalEngine(SpeechEngine):
             self._closed_cpu += stream.stats().cpu_s
 
 
-class _End:
-    """Marks the end of `events()`; carries the error if the stream failed."""
-
-    def __init__(self, error: EngineError | None = None) -> None:
-        self.error = error
-
-
 class LocalStream(EngineStream):
     def __init__(
         self, engine: LocalEngine, stream_id: int, options: StreamOptions, process: _DecoderProcess
@@ -699,7 +693,7 @@ class LocalStream(EngineStream):
         self._consumed = 0  # bytes the decoder has taken in, as of its last reply
         self._push_marks: deque[list[float]] = deque()  # [end byte offset, monotonic time of its push]
         self._flushes: deque[tuple[int, asyncio.Future[None]]] = deque()
-        self._events: asyncio.Queue[EngineEvent | _End] = asyncio.Queue(maxsize=engine.event_queue_size)
+        self._events = EventChannel(engine.event_queue_size)
         self._wake = asyncio.Event()  # data, a flush or close for the worker
         self._space = asyncio.Event()  # room in _pending for push
         self._worker: asyncio.Task[None] | None = None
@@ -758,17 +752,11 @@ class LocalStream(EngineStream):
                 done.set_exception(EngineError("stream closed before its flush completed"))
                 done.exception()  # retrieved: nobody may be awaiting it any more
         self._flushes.clear()
-        self._put_end_nowait(_End(self._error))
+        self._events.end(self._error)
         self._engine._stream_closed(self)
 
-    async def events(self) -> AsyncIterator[EngineEvent]:
-        while True:
-            item = await self._events.get()
-            if isinstance(item, _End):
-                if item.error is not None:
-                    raise item.error
-                return
-            yield item
+    def events(self) -> AsyncIterator[EngineEvent]:
+        return aiter(self._events)
 
     # -- stats --------------------------------------------------------------------------------------------
 
@@ -892,7 +880,7 @@ class LocalStream(EngineStream):
                 done.set_exception(error)
                 done.exception()
         self._flushes.clear()
-        self._put_end_nowait(_End(error))
+        self._events.end(error)
 
     def _check_saturation(self) -> None:
         lag = self.lag_s()
@@ -915,15 +903,6 @@ class LocalStream(EngineStream):
         elif self._saturated and lag < threshold / 2:
             self._saturated = False
             logger.info("local speech engine caught up", extra={**self._log, "lag_s": round(lag, 2)})
-
-    def _put_end_nowait(self, end: _End) -> None:
-        """The end marker must get through even if nobody reads: make room by dropping the oldest events."""
-        while True:
-            try:
-                self._events.put_nowait(end)
-                return
-            except asyncio.QueueFull:
-                self._events.get_nowait()
 
 
 __all__ = ["DecoderSettings", "EngineStats", "LocalEngine", "LocalStream", "StreamStats"]
