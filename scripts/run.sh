@@ -13,7 +13,8 @@ export PUBLIC_SESSION_CREATION="${PUBLIC_SESSION_CREATION:-true}"
 mkdir -p .run
 pids=()
 cleanup() {
-    trap - INT TERM EXIT
+    trap '' INT TERM  # a second Ctrl-C must not cut the clean-up short
+    trap - EXIT
     log "stopping"
     for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
     wait 2>/dev/null || true
