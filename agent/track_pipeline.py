@@ -83,7 +83,10 @@ class TrackPipeline:
         logger.info("pipeline started", extra=self._log)
 
     async def stop(self, flush_within: float) -> None:
-        """Stop taking audio, get the engine's finals for what it has (bounded), publish and store them."""
+        """Stop taking audio, get the engine's finals for what it has, publish and store them.
+
+        Bounded by `flush_within` for the engine's finals, and as long again for publishing them.
+        """
         if self._audio_task is not None:
             self._audio_task.cancel()
             await asyncio.gather(self._audio_task, return_exceptions=True)
@@ -101,8 +104,9 @@ class TrackPipeline:
         await self._stream.aclose()
         if self._events_task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._events_task), 2.0)
+                await asyncio.wait_for(asyncio.shield(self._events_task), flush_within)
             except TimeoutError:
+                logger.warning("last transcript events not published in time", extra=self._log)
                 self._events_task.cancel()
                 await asyncio.gather(self._events_task, return_exceptions=True)
         logger.info("pipeline stopped", extra={**self._log, "audio_s": round(self._timeline.position, 2)})

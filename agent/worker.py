@@ -135,7 +135,8 @@ def build_server(settings: Settings) -> AgentServer:
         # On SIGTERM, stop taking rooms and shut jobs down at once (each flushes its open utterances);
         # waiting for meetings to end could take hours.
         drain_timeout=1,
-        shutdown_process_timeout=settings.agent_flush_timeout * 2 + 5,
+        # A job's drain: pipelines (2 x flush), then the store (flush), then the hand-over.
+        shutdown_process_timeout=settings.agent_flush_timeout * 3 + 10,
     )
     server.rtc_session(
         entrypoint, agent_name=settings.agent_name, on_request=on_job_request, on_session_end=on_session_end

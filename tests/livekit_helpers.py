@@ -111,15 +111,15 @@ async def stored_segments(database_url: str, slug: str) -> list[StoredSegment]:
     return [StoredSegment(row["segment_key"], row["identity"], row["text"]) for row in rows]
 
 
-async def stored_segments_once_written(
-    database_url: str, slug: str, keys: set[str], within: float = 10
+async def stored_segments_once_settled(
+    database_url: str, slug: str, received_keys: Callable[[], set[str]], within: float = 10
 ) -> list[StoredSegment]:
-    """The session's rows once every key in `keys` is stored (the agent's store writes in the background);
-    the rows as they are after `within` seconds otherwise."""
+    """The session's rows once they match the finals a listener received, by segment key (the agent's
+    store writes, and the room delivers, in the background); as they are after `within` s otherwise."""
     rows: list[StoredSegment] = []
     for _ in range(int(within / 0.2)):
         rows = await stored_segments(database_url, slug)
-        if keys <= {row.segment_key for row in rows}:
+        if {row.segment_key for row in rows} == received_keys():
             break
         await asyncio.sleep(0.2)
     return rows

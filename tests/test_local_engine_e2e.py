@@ -10,7 +10,7 @@ from tests.livekit_helpers import (
     join,
     publish_speech,
     read_wav,
-    stored_segments_once_written,
+    stored_segments_once_settled,
     unpublish_all,
 )
 
@@ -38,8 +38,10 @@ async def test_offline_engine_captions_a_speaker_live_and_stores_the_finals(
     heard = FIXTURE_WORDS & set(final_text.split())
     assert len(heard) >= 3, final_text
 
+    rows = await stored_segments_once_settled(
+        database_url, slug, lambda: {c.segment_id for c in listener.finals("data", speaker.identity)}
+    )
     published = {c.segment_id: c.text for c in listener.finals("data", speaker.identity)}
-    rows = await stored_segments_once_written(database_url, slug, set(published))
     assert {row.segment_key: row.text for row in rows} == published
     await speaker.leave()
     await listener.leave()
