@@ -74,7 +74,9 @@ async def browser(chromium: Path, fixtures_dir: Path) -> AsyncIterator[Browser]:
                 "--use-fake-ui-for-media-stream",
                 "--use-fake-device-for-media-stream",
                 f"--use-file-for-fake-audio-capture={wav}",
-                "--autoplay-policy=no-user-gesture-required",
+                # Chrome's strict policy, stated explicitly: the page must not depend on autoplay
+                # (the old browser-capture design stalled on it).
+                "--autoplay-policy=document-user-activation-required",
             ],
         )
         yield browser
