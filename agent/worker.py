@@ -24,21 +24,16 @@ TRANSCRIBER_NAME = "roomscribe"
 _USERDATA_KEY = "roomscribe.transcriber"
 
 
-def http_url(livekit_url: str) -> str:
-    """The server API's URL for a signalling URL (ws → http, wss → https)."""
-    if livekit_url.startswith("ws"):
-        return "http" + livekit_url[2:]
-    return livekit_url
+def livekit_api() -> api.LiveKitAPI:
+    settings = get_settings()
+    return api.LiveKitAPI(
+        settings.livekit_url, settings.livekit_api_key, settings.livekit_api_secret.get_secret_value()
+    )
 
 
 async def on_job_request(request: JobRequest) -> None:
-    settings = get_settings()
     room = request.room.name
-    async with api.LiveKitAPI(
-        http_url(settings.livekit_url),
-        settings.livekit_api_key,
-        settings.livekit_api_secret.get_secret_value(),
-    ) as livekit:
+    async with livekit_api() as livekit:
         participants = await livekit.room.list_participants(api.ListParticipantsRequest(room=room))
         dispatches = await livekit.agent_dispatch.list_dispatch(room_name=room)
     if any(participant.identity == TRANSCRIBER_IDENTITY for participant in participants.participants):
@@ -85,15 +80,10 @@ async def on_session_end(ctx: JobContext) -> None:
 
 
 async def hand_over(ctx: JobContext) -> None:
-    settings = get_settings()
     room = ctx.job.room.name
     await ctx.room.disconnect()  # first: the next transcriber must find the room without us
     try:
-        async with api.LiveKitAPI(
-            http_url(settings.livekit_url),
-            settings.livekit_api_key,
-            settings.livekit_api_secret.get_secret_value(),
-        ) as livekit:
+        async with livekit_api() as livekit:
             if ctx.job.dispatch_id:
                 await livekit.agent_dispatch.delete_dispatch(ctx.job.dispatch_id, room)
             await livekit.agent_dispatch.create_dispatch(
