@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 from collections.abc import Coroutine
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -139,11 +140,8 @@ class RoomTranscriber:
             name=participant.name or participant.identity,
             track_sid=publication.sid,
         )
-        options = StreamOptions(
-            languages=self._options.languages,
-            code_switching=self._options.code_switching,
-            endpointing=self._options.endpointing,
-            custom_vocabulary=self._options.custom_vocabulary,
+        options = replace(
+            self._options,
             log_context={"room": speaker.room, "participant": speaker.identity, "track": speaker.track_sid},
         )
         pipeline = TrackPipeline(

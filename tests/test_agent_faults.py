@@ -29,6 +29,13 @@ async def _stored_keys(database_url: str, slug: str) -> Counter[str]:
     return Counter(row.segment_key for row in await stored_segments(database_url, slug))
 
 
+async def _transcribers(livekit_server: LiveKitServer, slug: str) -> list[str]:
+    """Identities of roomscribe's agents in the room, as the server lists them (hidden ones included)."""
+    async with livekit_server.api() as livekit:
+        participants = await livekit.room.list_participants(lkapi.ListParticipantsRequest(room=slug))
+    return [p.identity for p in participants.participants if p.identity.startswith("roomscribe")]
+
+
 async def _speaker_and_listener(
     http: aiohttp.ClientSession, api_url: str, slug: str
 ) -> tuple[Participant, Participant]:
@@ -90,20 +97,13 @@ async def test_a_room_dispatched_twice_gets_exactly_one_hidden_transcriber(
             lkapi.CreateAgentDispatchRequest(agent_name="roomscribe-transcriber", room=slug)
         )
         dispatches = await livekit.agent_dispatch.list_dispatch(room_name=slug)
-        assert len(dispatches) == 2
-        transcribers: list[str] = []
-        for _ in range(50):
-            participants = await livekit.room.list_participants(lkapi.ListParticipantsRequest(room=slug))
-            transcribers = [
-                p.identity for p in participants.participants if p.identity == TRANSCRIBER_IDENTITY
-            ]
-            if transcribers and "job declined" in agent_worker.log_text():
-                break
-            await asyncio.sleep(0.2)
-        await asyncio.sleep(2)  # a second transcriber, if any, would have joined by now
-        participants = await livekit.room.list_participants(lkapi.ListParticipantsRequest(room=slug))
-    transcribers = [p.identity for p in participants.participants if p.identity.startswith("roomscribe")]
-    assert transcribers == [TRANSCRIBER_IDENTITY]
+    assert len(dispatches) == 2
+    for _ in range(50):
+        if await _transcribers(livekit_server, slug) and "job declined" in agent_worker.log_text():
+            break
+        await asyncio.sleep(0.2)
+    await asyncio.sleep(2)  # a second transcriber, if any, would have joined by now
+    assert await _transcribers(livekit_server, slug) == [TRANSCRIBER_IDENTITY]
     assert "job declined" in agent_worker.log_text()
     # Hidden: a participant who joins does not see it.
     listener = await join(http, api_url, slug, "Listener")
@@ -153,11 +153,6 @@ async def test_a_room_whose_dispatch_found_no_worker_gets_a_transcriber_when_som
     agent_worker: AgentWorker,
     livekit_server: LiveKitServer,
 ) -> None:
-    async def transcribers(slug: str) -> list[str]:
-        async with livekit_server.api() as livekit:
-            participants = await livekit.room.list_participants(lkapi.ListParticipantsRequest(room=slug))
-        return [p.identity for p in participants.participants if p.identity == TRANSCRIBER_IDENTITY]
-
     assert await agent_worker.stop() == 0
     try:
         slug = await create_session(http, api_url, "No worker at creation", admin_headers)
@@ -165,16 +160,16 @@ async def test_a_room_whose_dispatch_found_no_worker_gets_a_transcriber_when_som
     finally:
         await agent_worker.start()
     await asyncio.sleep(3)
-    assert await transcribers(slug) == [], (
+    assert await _transcribers(livekit_server, slug) == [], (
         "LiveKit re-offered the dispatch by itself; this test shows nothing"
     )
     listener = await join(http, api_url, slug, "Listener")
     try:
         for _ in range(100):
-            if await transcribers(slug):
+            if await _transcribers(livekit_server, slug):
                 break
             await asyncio.sleep(0.2)
-        assert await transcribers(slug) == [TRANSCRIBER_IDENTITY]
+        assert await _transcribers(livekit_server, slug) == [TRANSCRIBER_IDENTITY]
     finally:
         await listener.leave()
 
